@@ -1,0 +1,61 @@
+# The two commands a newcomer needs are `make demo` and `make test`; the rest are steps of them.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+KUBECONFIG_PATH := .cluster/kubeconfig
+
+.PHONY: help venv binaries lint format unit e2e test demo cluster-up cluster-down clean
+
+help:
+	@echo "make demo          start the local cluster and show the simulated node pool"
+	@echo "make test          lint, type-check, unit tests, e2e tests on a fresh local cluster"
+	@echo "make cluster-up    start the local control plane (kubeconfig: $(KUBECONFIG_PATH))"
+	@echo "make cluster-down  stop it and remove every process it started"
+	@echo "make lint          ruff (lint + format check) and mypy --strict"
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+# Go-built control plane (etcd, kube-*, kwok) plus kubectl and helm, cached outside the repo.
+binaries: $(STAMP)
+	e2e/cluster/build-binaries.sh >/dev/null
+	$(PY) -m e2e.cluster tools >/dev/null
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+unit: $(STAMP)
+	$(PY) -m pytest tests/unit -q
+
+e2e: binaries
+	$(PY) -m pytest tests/e2e -q
+
+# One pytest run: the session fixture starts the cluster once for the e2e tests and stops it.
+test: lint binaries
+	$(PY) -m pytest tests -q -ra
+
+cluster-up: binaries
+	$(PY) -m e2e.cluster up
+
+cluster-down: $(STAMP)
+	$(PY) -m e2e.cluster down
+
+demo: binaries
+	$(PY) -m e2e.cluster up
+	$(PY) -m e2e.cluster demo
+
+clean: cluster-down
+	rm -rf .cluster

@@ -1,0 +1,1 @@
+"""The local Kubernetes control plane used by the e2e tests and `make demo`."""

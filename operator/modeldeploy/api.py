@@ -1,0 +1,529 @@
+"""The ModelDeployment API: pydantic models of the custom resource, its defaults and its rules.
+
+This module owns the shape of ``modeldeploy.io/v1alpha1`` ``ModelDeployment`` as the
+operator sees it. The hand-written CRD in ``crds/modeldeploy.io_modeldeployments.yaml`` is
+the same contract as the API server sees it; ``tests/unit/test_api.py`` proves that the two
+agree field by field (names, types, enums, patterns, bounds, defaults, required fields), and
+every cross-field rule below has a CEL twin in the CRD with the same meaning.
+
+Pure: no kopf, no kubernetes client, no I/O. Everything is frozen; ``parse_model_deployment``
+is the one entry point for untrusted input and turns every validation failure into a single
+``SpecError`` that names the field and says what is allowed.
+
+Defaults (identical in the CRD) and why:
+
+- ``serving.contextLength = 4096``, ``serving.maxConcurrentRequests = 4``: the KV cache grows
+  with their product, and these values keep a small model inside an ordinary CPU node; users
+  who want long contexts or many parallel slots ask for them explicitly.
+- ``replicas = 1``; autoscaling off, ``minReplicas 1``, ``maxReplicas 4``,
+  ``targetQueueDepth 4``, ``scaleDownDelaySeconds 300``.
+- ``cache.enabled = true``, ``cache.size = auto``, ``cache.accessMode = ReadWriteMany`` so that
+  replicas share one downloaded copy (DESIGN.md §5).
+- every ``auto`` (format, quantization, engine, accelerator, gpu count) means "the planner
+  decides from the artifact and the cluster's node labels".
+
+Compliance (DESIGN.md §7) deliberately has no spec field yet: its inputs are the object's
+annotations (``modeldeploy.io/owner``, ...) and a cluster-scoped ``ModelPolicy`` that selects
+deployments; its output is a ``Compliant`` condition in ``status.conditions``. Because every
+model here forbids unknown fields, a future ``spec.policy`` is an additive change.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal, get_args
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+from pydantic_core import PydanticCustomError
+
+API_GROUP = "modeldeploy.io"
+API_VERSION = "v1alpha1"
+GROUP_VERSION = f"{API_GROUP}/{API_VERSION}"
+KIND = "ModelDeployment"
+PLURAL = "modeldeployments"
+
+SourceScheme = Literal["hf", "s3", "gs", "https", "oci", "pvc"]
+SOURCE_SCHEMES: tuple[str, ...] = get_args(SourceScheme)
+SOURCE_PATTERN = r"^(hf|s3|gs|https|oci|pvc)://.+$"
+HF_SOURCE_PATTERN = r"^hf://[^/]+/[^/]+"
+
+ModelFormat = Literal["auto", "gguf", "safetensors"]
+Quantization = Literal[
+    "auto",
+    "F32",
+    "F16",
+    "BF16",
+    "Q8_0",
+    "Q6_K",
+    "Q5_K_M",
+    "Q5_K_S",
+    "Q5_0",
+    "Q4_K_M",
+    "Q4_K_S",
+    "Q4_0",
+    "Q3_K_M",
+    "Q3_K_S",
+    "Q3_K_L",
+    "Q2_K",
+    "IQ4_XS",
+    "IQ3_M",
+    "IQ2_M",
+    "AWQ",
+    "GPTQ",
+    "FP8",
+]
+QUANTIZATIONS: tuple[str, ...] = get_args(Quantization)
+# llama.cpp block quantizations exist only as GGUF files (CEL: matches('^I?Q')).
+GGUF_ONLY_QUANTIZATIONS: frozenset[str] = frozenset(
+    q for q in QUANTIZATIONS if q.startswith(("Q", "IQ"))
+)
+# Checkpoint quantizations that only vLLM serves, from safetensors, on GPUs.
+VLLM_ONLY_QUANTIZATIONS: frozenset[str] = frozenset({"AWQ", "GPTQ", "FP8"})
+
+Engine = Literal["auto", "vllm", "llamacpp"]
+Accelerator = Literal["auto", "gpu", "cpu"]
+AccessMode = Literal["ReadWriteOnce", "ReadWriteMany"]
+TolerationOperator = Literal["Equal", "Exists"]
+TaintEffect = Literal["NoSchedule", "PreferNoSchedule", "NoExecute"]
+
+# status.phase, a one-word summary; status.conditions carry the detail.
+Phase = Literal["Pending", "Fetching", "Deploying", "Ready", "Degraded", "Failed", "Blocked"]
+PHASES: tuple[str, ...] = get_args(Phase)
+
+PARAMETERS_PATTERN = r"^[0-9]+(\.[0-9]+)?[KMBT]?$"
+SHA256_PATTERN = r"^[a-f0-9]{64}$"
+DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+# Names the Service and the pods' label value, hence a DNS-1035 label of at most 63.
+DNS_LABEL_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+ENV_NAME_PATTERN = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
+# The Kubernetes resource.Quantity pattern (as controller-gen emits it).
+QUANTITY_PATTERN = (
+    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]"
+    r"|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+)
+CACHE_SIZE_PATTERN = r"^(auto|[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?)$"
+
+_PARAMETER_SUFFIXES = {"": 1.0, "K": 1e3, "M": 1e6, "B": 1e9, "T": 1e12}
+_SPECIAL_ALIASES = {"min_memory_gib": "minMemoryGiB"}
+
+
+def _one_error(message: str) -> WrapValidator:
+    """A validator that reports a union's failure as one error with ``message``."""
+
+    def validate(value: object, handler: ValidatorFunctionWrapHandler) -> object:
+        try:
+            return handler(value)
+        except ValidationError:
+            raise PydanticCustomError("invalid_value", message) from None
+
+    return WrapValidator(validate)
+
+
+NonEmptyStr = Annotated[str, Field(min_length=1)]
+Quantity = Annotated[
+    Annotated[str, Field(pattern=QUANTITY_PATTERN)] | Annotated[int, Field(ge=0)],
+    _one_error("must be a Kubernetes quantity such as 4, 500m or 16Gi"),
+]
+GpuCount = Annotated[
+    Literal["auto"] | Annotated[int, Field(ge=1)],
+    _one_error("must be auto or an integer >= 1"),
+]
+
+
+class SpecError(ValueError):
+    """A ModelDeployment that cannot be accepted, with the offending field's path."""
+
+    def __init__(self, field_path: str, message: str) -> None:
+        super().__init__(f"{field_path}: {message}" if field_path else message)
+        self.field_path = field_path
+        self.message = message
+
+
+class _FieldRuleError(ValueError):
+    """A cross-field rule broken inside one model; ``field`` is relative to that model."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+        self.message = message
+
+
+def _alias(name: str) -> str:
+    """Return the camelCase wire name of a snake_case attribute."""
+    return _SPECIAL_ALIASES.get(name, to_camel(name))
+
+
+class _ApiModel(BaseModel):
+    """Base of every API model: frozen, strict, camelCase on the wire, unknown fields refused."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        strict=True,
+        alias_generator=_alias,
+        validate_by_name=True,
+        validate_by_alias=True,
+        serialize_by_alias=True,
+    )
+
+
+def parse_parameter_count(text: str) -> float:
+    """Turn a parameter-count hint such as ``7B``, ``270M`` or ``1.5B`` into a number."""
+    match = re.fullmatch(PARAMETERS_PATTERN, text)
+    if match is None:
+        raise ValueError(f"{text!r} is not a parameter count like 270M, 1.5B or 70B")
+    suffix = text[-1] if text[-1] in "KMBT" else ""
+    number = text[: len(text) - len(suffix)]
+    return float(number) * _PARAMETER_SUFFIXES[suffix]
+
+
+class ModelSource(_ApiModel):
+    """Where the model comes from and which files of it to serve."""
+
+    source: Annotated[str, Field(pattern=SOURCE_PATTERN, max_length=2048)]
+    revision: Annotated[str, Field(min_length=1, max_length=255)] | None = None
+    parameters: Annotated[str, Field(pattern=PARAMETERS_PATTERN)] | None = None
+    format: ModelFormat = "auto"
+    quantization: Quantization = "auto"
+    files: list[NonEmptyStr] = Field(default_factory=list, max_length=256)
+    digests: dict[str, Annotated[str, Field(pattern=SHA256_PATTERN)]] = Field(
+        default_factory=dict, max_length=256
+    )
+    credentials_secret: (
+        Annotated[str, Field(pattern=DNS_SUBDOMAIN_PATTERN, max_length=253)] | None
+    ) = None
+    served_name: Annotated[str, Field(min_length=1, max_length=253)] | None = None
+
+    @property
+    def scheme(self) -> str:
+        """The URI scheme of ``source`` (``hf``, ``s3``, ...)."""
+        return self.source.split("://", 1)[0]
+
+    @property
+    def parameter_count(self) -> float | None:
+        """The ``parameters`` hint as a number, or None when no hint was given."""
+        return None if self.parameters is None else parse_parameter_count(self.parameters)
+
+    @model_validator(mode="after")
+    def _check_rules(self) -> ModelSource:
+        if self.scheme == "hf" and re.match(HF_SOURCE_PATTERN, self.source) is None:
+            raise _FieldRuleError(
+                "source", "an hf:// source must name a repository: hf://OWNER/NAME"
+            )
+        if self.digests and self.revision is None:
+            raise _FieldRuleError(
+                "revision", "required when digests are pinned (a digest pins one revision)"
+            )
+        if self.format == "gguf" and self.quantization in VLLM_ONLY_QUANTIZATIONS:
+            raise _FieldRuleError(
+                "quantization",
+                f"{self.quantization} is a safetensors quantization; format gguf allows "
+                "F32, F16, BF16 and the Q*/IQ* quantizations",
+            )
+        if self.format == "safetensors" and self.quantization in GGUF_ONLY_QUANTIZATIONS:
+            raise _FieldRuleError(
+                "quantization",
+                f"{self.quantization} exists only as GGUF; format safetensors allows "
+                "auto, F32, F16, BF16, AWQ, GPTQ and FP8",
+            )
+        return self
+
+
+class GpuRequest(_ApiModel):
+    """What each replica needs from GPUs."""
+
+    count: GpuCount = "auto"
+    min_memory_gib: Annotated[int, Field(ge=1)] | None = None
+    products: list[NonEmptyStr] = Field(default_factory=list, max_length=32)
+
+    @property
+    def is_default(self) -> bool:
+        """True when nothing about GPUs was asked for."""
+        return self.count == "auto" and self.min_memory_gib is None and not self.products
+
+
+class Toleration(_ApiModel):
+    """A taint the serving pods tolerate (the core/v1 Toleration shape)."""
+
+    key: NonEmptyStr | None = None
+    operator: TolerationOperator = "Equal"
+    value: str | None = None
+    effect: TaintEffect | None = None
+    toleration_seconds: int | None = None
+
+    @model_validator(mode="after")
+    def _check_rules(self) -> Toleration:
+        if self.key is None and self.operator != "Exists":
+            raise _FieldRuleError("operator", "must be Exists when key is empty")
+        if self.operator == "Exists" and self.value:
+            raise _FieldRuleError("value", "must be empty when operator is Exists")
+        if self.toleration_seconds is not None and self.effect != "NoExecute":
+            raise _FieldRuleError("tolerationSeconds", "only allowed with effect NoExecute")
+        return self
+
+
+class Hardware(_ApiModel):
+    """Where the serving pods may run."""
+
+    accelerator: Accelerator = "auto"
+    gpu: GpuRequest = Field(default_factory=GpuRequest)
+    node_selector: dict[str, str] = Field(default_factory=dict, max_length=64)
+    tolerations: list[Toleration] = Field(default_factory=list, max_length=64)
+
+    @model_validator(mode="after")
+    def _check_rules(self) -> Hardware:
+        if self.accelerator == "cpu" and not self.gpu.is_default:
+            raise _FieldRuleError("gpu", "gpu settings are not allowed when accelerator is cpu")
+        return self
+
+
+class EnvVar(_ApiModel):
+    """One environment variable for the engine container."""
+
+    name: Annotated[str, Field(pattern=ENV_NAME_PATTERN)]
+    value: str = ""
+
+
+class ResourceOverrides(_ApiModel):
+    """Requests and limits that replace the computed ones, key by key."""
+
+    requests: dict[str, Quantity] = Field(default_factory=dict)
+    limits: dict[str, Quantity] = Field(default_factory=dict)
+
+
+class Serving(_ApiModel):
+    """How the engine serves: context, parallelism and passthrough settings."""
+
+    context_length: Annotated[int, Field(ge=128, le=1048576)] = 4096
+    max_concurrent_requests: Annotated[int, Field(ge=1, le=1024)] = 4
+    args: list[str] = Field(default_factory=list, max_length=256)
+    env: list[EnvVar] = Field(default_factory=list, max_length=256)
+    resources: ResourceOverrides = Field(default_factory=ResourceOverrides)
+
+    @model_validator(mode="after")
+    def _check_rules(self) -> Serving:
+        names = [variable.name for variable in self.env]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise _FieldRuleError("env", f"duplicate names: {', '.join(duplicates)}")
+        return self
+
+
+class Autoscaling(_ApiModel):
+    """Queue-driven autoscaling between minReplicas and maxReplicas."""
+
+    enabled: bool = False
+    min_replicas: Annotated[int, Field(ge=0)] = 1
+    max_replicas: Annotated[int, Field(ge=1)] = 4
+    target_queue_depth: Annotated[int, Field(ge=1)] = 4
+    scale_down_delay_seconds: Annotated[int, Field(ge=0)] = 300
+
+    @model_validator(mode="after")
+    def _check_rules(self) -> Autoscaling:
+        if self.min_replicas > self.max_replicas:
+            raise _FieldRuleError("minReplicas", "must be less than or equal to maxReplicas")
+        return self
+
+
+class Cache(_ApiModel):
+    """The model cache volume shared by the replicas."""
+
+    enabled: bool = True
+    size: Annotated[str, Field(pattern=CACHE_SIZE_PATTERN)] = "auto"
+    storage_class_name: NonEmptyStr | None = None
+    access_mode: AccessMode = "ReadWriteMany"
+
+
+class ModelDeploymentSpec(_ApiModel):
+    """The desired state: one model served by one engine on one hardware class."""
+
+    model: ModelSource
+    engine: Engine = "auto"
+    hardware: Hardware = Field(default_factory=Hardware)
+    serving: Serving = Field(default_factory=Serving)
+    replicas: Annotated[int, Field(ge=0)] = 1
+    autoscaling: Autoscaling = Field(default_factory=Autoscaling)
+    cache: Cache = Field(default_factory=Cache)
+
+    @model_validator(mode="after")
+    def _check_rules(self) -> ModelDeploymentSpec:
+        quantization = self.model.quantization
+        if self.engine == "vllm":
+            if self.model.format == "gguf":
+                raise _FieldRuleError(
+                    "engine", "vllm cannot serve format gguf; use llamacpp or auto"
+                )
+            if quantization in GGUF_ONLY_QUANTIZATIONS:
+                raise _FieldRuleError(
+                    "engine", f"vllm cannot serve GGUF quantization {quantization}"
+                )
+            if self.hardware.accelerator == "cpu":
+                raise _FieldRuleError("engine", "vllm needs a GPU; use llamacpp or auto for cpu")
+        if self.engine == "llamacpp":
+            if self.model.format == "safetensors":
+                raise _FieldRuleError("engine", "llamacpp serves only gguf; use vllm or auto")
+            if quantization in VLLM_ONLY_QUANTIZATIONS:
+                raise _FieldRuleError(
+                    "engine", f"llamacpp cannot serve {quantization}; use vllm or auto"
+                )
+        if self.hardware.accelerator == "cpu" and quantization in VLLM_ONLY_QUANTIZATIONS:
+            raise _FieldRuleError(
+                "hardware.accelerator", f"{quantization} is served by vllm on GPUs only"
+            )
+        return self
+
+
+class ModelDeployment(_ApiModel):
+    """The whole custom resource as read from the API server or a YAML file."""
+
+    api_version: Literal["modeldeploy.io/v1alpha1"] = "modeldeploy.io/v1alpha1"
+    kind: Literal["ModelDeployment"] = "ModelDeployment"
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    spec: ModelDeploymentSpec
+    status: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _check_rules(self) -> ModelDeployment:
+        name = self.metadata.get("name")
+        if name is not None and (
+            not isinstance(name, str)
+            or len(name) > 63
+            or re.fullmatch(DNS_LABEL_PATTERN, name) is None
+        ):
+            raise _FieldRuleError(
+                "metadata.name",
+                "must be a DNS-1035 label of at most 63 characters (it names the Service)",
+            )
+        return self
+
+    @property
+    def name(self) -> str:
+        """``metadata.name`` (empty when absent)."""
+        return str(self.metadata.get("name", ""))
+
+    @property
+    def namespace(self) -> str:
+        """``metadata.namespace`` (empty when absent)."""
+        return str(self.metadata.get("namespace", ""))
+
+    @property
+    def served_name(self) -> str:
+        """The OpenAI ``model`` name: ``spec.model.servedName``, else ``metadata.name``."""
+        return self.spec.model.served_name or self.name
+
+
+def parse_model_deployment(obj: object) -> ModelDeployment:
+    """Validate a ModelDeployment object (camelCase keys) or raise one SpecError."""
+    if not isinstance(obj, dict):
+        raise SpecError("", f"a ModelDeployment must be a mapping, not {type(obj).__name__}")
+    try:
+        return ModelDeployment.model_validate(obj, by_alias=True, by_name=False)
+    except ValidationError as error:
+        raise _spec_error_from(error) from None
+
+
+def parse_spec(obj: object) -> ModelDeploymentSpec:
+    """Validate just a ``spec`` mapping or raise one SpecError with a ``spec.`` path."""
+    if not isinstance(obj, dict):
+        raise SpecError("spec", f"must be a mapping, not {type(obj).__name__}")
+    try:
+        return ModelDeploymentSpec.model_validate(obj, by_alias=True, by_name=False)
+    except ValidationError as error:
+        raise _spec_error_from(error, prefix=("spec",)) from None
+
+
+def _spec_error_from(error: ValidationError, prefix: tuple[str, ...] = ()) -> SpecError:
+    """Condense a pydantic ValidationError into one SpecError about its first problem."""
+    problems = error.errors(include_url=False)
+    first = problems[0]
+    location: tuple[str | int, ...] = prefix + tuple(first["loc"])
+    message = first["msg"]
+    cause = (first.get("ctx") or {}).get("error")
+    if isinstance(cause, _FieldRuleError):
+        location = (*location, *cause.field.split("."))
+        message = cause.message
+    elif first["type"] == "extra_forbidden":
+        allowed = _allowed_fields(location[len(prefix) :], root=_root_for(prefix))
+        message = "unknown field" + (f"; allowed: {', '.join(allowed)}" if allowed else "")
+    elif first["type"] == "missing":
+        message = "required field is missing"
+    elif first["type"] == "string_pattern_mismatch":
+        message = _pattern_message(location, first["input"])
+    elif first["type"] == "value_error" and message.startswith("Value error, "):
+        message = message.removeprefix("Value error, ")
+    if len(problems) > 1:
+        message += f" (and {len(problems) - 1} more problem{'s' if len(problems) > 2 else ''})"
+    return SpecError(_format_path(location), message)
+
+
+def _root_for(prefix: tuple[str, ...]) -> type[BaseModel]:
+    return ModelDeploymentSpec if prefix == ("spec",) else ModelDeployment
+
+
+def _pattern_message(location: tuple[str | int, ...], value: object) -> str:
+    """Say in words what a patterned field accepts."""
+    field = next((part for part in reversed(location) if isinstance(part, str)), "")
+    shown = repr(value)
+    hints = {
+        "source": f"{shown} must be a URI with scheme "
+        + ", ".join(f"{scheme}://" for scheme in SOURCE_SCHEMES),
+        "parameters": f"{shown} must be a parameter count like 270M, 1.5B or 70B",
+        "credentialsSecret": f"{shown} must be a Secret name (lowercase DNS subdomain)",
+        "size": f"{shown} must be auto or a quantity such as 20Gi",
+        "name": f"{shown} must be a C identifier-like environment variable name",
+    }
+    if field in hints:
+        return hints[field]
+    if len(location) >= 2 and location[-2] == "digests":
+        return f"{shown} must be a sha256 digest: 64 lowercase hex characters"
+    if len(location) >= 3 and location[-3] in {"requests", "limits"}:
+        return f"{shown} must be a Kubernetes quantity such as 4, 500m or 16Gi"
+    return f"{shown} does not match the allowed pattern"
+
+
+def _allowed_fields(location: tuple[str | int, ...], root: type[BaseModel]) -> list[str]:
+    """The wire names allowed in the object that holds the last element of ``location``."""
+    current: type[BaseModel] | None = root
+    for part in location[:-1]:
+        if current is None:
+            return []
+        if isinstance(part, int):
+            continue
+        field = next(
+            (info for name, info in current.model_fields.items() if _alias(name) == part), None
+        )
+        current = None if field is None else _model_in(field.annotation)
+    if current is None:
+        return []
+    return [_alias(name) for name in current.model_fields]
+
+
+def _model_in(annotation: object) -> type[BaseModel] | None:
+    """The pydantic model inside an annotation such as ``Foo``, ``list[Foo]``, ``Foo | None``."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for argument in get_args(annotation):
+        found = _model_in(argument)
+        if found is not None:
+            return found
+    return None
+
+
+def _format_path(location: tuple[str | int, ...]) -> str:
+    """Render a location as ``spec.hardware.tolerations[0].operator``."""
+    path = ""
+    for part in location:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        else:
+            path += ("." if path else "") + str(part)
+    return path
