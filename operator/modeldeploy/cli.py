@@ -1,0 +1,354 @@
+"""The ``modeldeploy`` command line: one argparse parser, one function per subcommand."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+import yaml
+
+from modeldeploy import __version__
+
+EXIT_OK = 0
+EXIT_FAILURE = 1  # the cluster could not be read
+EXIT_INVALID = 2  # bad input or a spec no node can serve: nothing printed on stdout
+
+
+class CliError(Exception):
+    """A problem with the command's input, reported on stderr with exit code 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the top-level parser with every subcommand registered."""
+    parser = argparse.ArgumentParser(
+        prog="modeldeploy",
+        description="Turn a ModelDeployment into a working LLM endpoint.",
+    )
+    parser.add_argument("--version", action="version", version=f"modeldeploy {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_plan(commands)
+    _add_estimate(commands)
+    _add_run(commands)
+    return parser
+
+
+def _add_plan(commands: Any) -> None:
+    plan = commands.add_parser(
+        "plan",
+        help="show the engine, hardware and objects a ModelDeployment would get",
+        description=(
+            "Plan a ModelDeployment against a set of nodes: print the decision (engine, "
+            "hardware class, GPUs, memory estimate) and the objects the operator would "
+            "apply. Exit 2 with one message on stderr if the spec is invalid or no node "
+            "can serve it."
+        ),
+    )
+    plan.add_argument("-f", "--filename", required=True, help="ModelDeployment YAML ('-': stdin)")
+    nodes = plan.add_mutually_exclusive_group(required=True)
+    nodes.add_argument(
+        "--nodes", help="Node objects: `kubectl get nodes -o yaml` output or multi-document YAML"
+    )
+    nodes.add_argument("--kubeconfig", help="list the nodes of this cluster")
+    plan.add_argument("-o", "--output", choices=("json", "yaml"), help="print the full plan")
+    _add_artifact_options(plan)
+    plan.set_defaults(handler=run_plan)
+
+
+def _add_estimate(commands: Any) -> None:
+    estimate = commands.add_parser(
+        "estimate",
+        help="estimate one replica's memory: weights + KV cache + overhead",
+        description="Estimate the memory one replica needs, with the breakdown.",
+    )
+    estimate.add_argument("--parameters", help="parameter count such as 7B or 500M")
+    estimate.add_argument("--quantization", help="e.g. Q4_K_M, F16, AWQ (default: from --gguf)")
+    estimate.add_argument("--context", type=int, default=4096, help="tokens per sequence")
+    estimate.add_argument("--parallel", type=int, default=1, help="concurrent sequences")
+    estimate.add_argument("--engine", choices=("llamacpp", "vllm"), help="default: from format")
+    estimate.add_argument("--gpus", type=int, default=1, help="GPUs (tensor parallel size)")
+    estimate.add_argument("-o", "--output", choices=("json", "yaml"), help="machine output")
+    _add_artifact_options(estimate)
+    estimate.set_defaults(handler=run_estimate)
+
+
+def _add_artifact_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--gguf", help="read the architecture from this GGUF file's header")
+    group.add_argument("--config-json", help="read the architecture from a HF config.json")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line and return the process exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_INVALID
+    handler = args.handler
+    result: int = handler(args)
+    return result
+
+
+def _fail(command: str, message: str, code: int = EXIT_INVALID) -> int:
+    print(f"modeldeploy {command}: error: {message}", file=sys.stderr)
+    return code
+
+
+def _read_yaml_documents(path: str) -> list[Any]:
+    try:
+        text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+        return [doc for doc in yaml.safe_load_all(text) if doc is not None]
+    except OSError as error:
+        raise CliError(f"{path}: {error.strerror or error}") from None
+    except yaml.YAMLError as error:
+        raise CliError(f"{path}: not valid YAML: {error}") from None
+
+
+def load_model_deployment(path: str) -> object:
+    """The one ModelDeployment document in a YAML file."""
+    documents = [
+        doc
+        for doc in _read_yaml_documents(path)
+        if not (isinstance(doc, dict) and doc.get("kind") not in (None, "ModelDeployment"))
+    ]
+    if len(documents) != 1:
+        raise CliError(f"{path}: expected one ModelDeployment, found {len(documents)}")
+    return documents[0]
+
+
+def load_nodes(path: str) -> list[dict[str, Any]]:
+    """Node objects from a ``kind: List``/``NodeList`` or multi-document YAML file."""
+    nodes: list[dict[str, Any]] = []
+    for doc in _read_yaml_documents(path):
+        if not isinstance(doc, dict):
+            raise CliError(f"{path}: expected Node objects, found {type(doc).__name__}")
+        items = doc.get("items") if doc.get("kind") in ("List", "NodeList") else [doc]
+        for item in items or []:
+            if not isinstance(item, dict) or item.get("kind", "Node") != "Node":
+                kind = item.get("kind") if isinstance(item, dict) else type(item).__name__
+                raise CliError(f"{path}: expected Node objects, found {kind}")
+            nodes.append(item)
+    return nodes
+
+
+def list_cluster_nodes(kubeconfig: str) -> list[dict[str, Any]]:
+    """List the cluster's nodes with the kubernetes client, as plain dicts."""
+    from kubernetes import client
+    from kubernetes import config as kube_config
+
+    api_client = kube_config.new_client_from_config(config_file=kubeconfig)  # type: ignore[no-untyped-call,unused-ignore]
+    with api_client:
+        items = client.CoreV1Api(api_client).list_node().items
+        nodes: list[dict[str, Any]] = api_client.sanitize_for_serialization(items)
+    return nodes
+
+
+def _artifact(args: argparse.Namespace) -> Any:
+    from modeldeploy.sizing import load_hf_config, read_gguf_metadata
+
+    try:
+        if args.gguf:
+            return read_gguf_metadata(args.gguf)
+        if args.config_json:
+            return load_hf_config(args.config_json)
+    except (OSError, ValueError) as error:
+        raise CliError(f"cannot read the model metadata: {error}") from None
+    return None
+
+
+def _emit(data: Any, output: str, stream: TextIO) -> None:
+    if output == "json":
+        stream.write(json.dumps(data, indent=2) + "\n")
+    else:
+        stream.write(yaml.safe_dump(data, sort_keys=False, default_flow_style=False))
+
+
+def run_plan(args: argparse.Namespace) -> int:
+    """``modeldeploy plan``: print the decision and objects, or refuse with exit 2."""
+    from modeldeploy.plan import PlanError, plan_object
+
+    try:
+        document = load_model_deployment(args.filename)
+        artifact = _artifact(args)
+        if args.nodes:
+            nodes = load_nodes(args.nodes)
+        else:
+            try:
+                nodes = list_cluster_nodes(args.kubeconfig)
+            except Exception as error:  # any client failure is one message
+                return _fail("plan", f"cannot list nodes: {error}", EXIT_FAILURE)
+        result = plan_object(document, nodes, artifact=artifact)
+    except CliError as error:
+        return _fail("plan", str(error))
+    except PlanError as error:
+        return _fail("plan", str(error))
+    if args.output:
+        _emit(result.as_dict(), args.output, sys.stdout)
+    else:
+        sys.stdout.write(_summary(result.as_dict()))
+    return EXIT_OK
+
+
+def _gib(value: int) -> str:
+    return f"{value / 1024**3:.1f} GiB"
+
+
+def _parameters(count: int) -> str:
+    return f"{count / 1e9:.1f}B" if count >= 1e9 else f"{count / 1e6:.0f}M"
+
+
+def _summary(plan: dict[str, Any]) -> str:
+    decision = plan["decision"]
+    memory = decision["memory"]
+    deployment = next(o for o in plan["objects"] if o["kind"] == "Deployment")
+    lines = [
+        f"{deployment['metadata']['name']}: {decision['engine']} on {decision['accelerator']}"
+        f" ({decision['hardwareClass']}, {decision['nodeCount']} node"
+        f"{'s' if decision['nodeCount'] != 1 else ''})",
+        f"  model     {decision['format']} {decision['quantization']}, "
+        f"{_parameters(decision['parameters'])} parameters",
+        f"  memory    {_gib(decision['estimatedMemoryBytes'])} per replica (weights "
+        f"{_gib(memory['weightsBytes'])} + KV cache {_gib(memory['kvCacheBytes'])} + overhead "
+        f"{_gib(memory['overheadBytes'])})",
+    ]
+    if decision["gpusPerReplica"]:
+        lines.append(
+            f"  gpus      {decision['gpusPerReplica']} per replica, tensor parallel size "
+            f"{decision['tensorParallelSize']}"
+        )
+    engine = f"  serving   context {decision['contextLength']} x {decision['parallel']} parallel"
+    if "threads" in decision:
+        engine += f", {decision['threads']} threads"
+    if "gpuLayers" in decision:
+        engine += f", {decision['gpuLayers']} GPU layers"
+    lines.append(engine)
+    lines.append(f"  reason    {decision['reason']}")
+    objects = ", ".join(f"{o['kind']}/{o['metadata']['name']}" for o in plan["objects"])
+    lines.append(f"  objects   {objects}")
+    lines.append("  (-o yaml or -o json prints the full plan)")
+    return "\n".join(lines) + "\n"
+
+
+def run_estimate(args: argparse.Namespace) -> int:
+    """``modeldeploy estimate``: print one replica's memory breakdown."""
+    from modeldeploy.api import parse_parameter_count
+    from modeldeploy.catalog import (
+        ENGINES_FOR_FORMAT,
+        Engine,
+        Format,
+        quantization_info,
+    )
+    from modeldeploy.sizing import estimate_memory
+
+    try:
+        artifact = _artifact(args)
+        quantization = args.quantization or (artifact.quantization if artifact else None)
+        if quantization is None:
+            raise CliError("--quantization is required (the artifact does not name one)")
+        try:
+            info = quantization_info(quantization)
+        except KeyError as error:
+            raise CliError(str(error.args[0])) from None
+        parameters = None
+        if args.parameters:
+            try:
+                parameters = round(parse_parameter_count(args.parameters))
+            except ValueError as error:
+                raise CliError(f"--parameters: {error}") from None
+        if parameters is None and (artifact is None or artifact.parameters is None):
+            raise CliError("--parameters is required (e.g. 7B) without --gguf or --config-json")
+        # F16/BF16/F32 exist in both formats: a GGUF file decides, else safetensors.
+        fmt = Format.GGUF if info.is_gguf_only or args.gguf else Format.SAFETENSORS
+        engine = Engine(args.engine) if args.engine else ENGINES_FOR_FORMAT[fmt][0]
+        if args.context < 1 or args.parallel < 1 or args.gpus < 1:
+            raise CliError("--context, --parallel and --gpus must be at least 1")
+        estimate = estimate_memory(
+            quantization=info.name,
+            engine=engine,
+            context_length=args.context,
+            parallel=args.parallel,
+            parameters=parameters,
+            architecture=artifact,
+            devices=args.gpus,
+            tensor_parallel_size=args.gpus if engine is Engine.VLLM else 1,
+        )
+    except CliError as error:
+        return _fail("estimate", str(error))
+    data = estimate.as_dict()
+    if args.output:
+        _emit(data, args.output, sys.stdout)
+        return EXIT_OK
+    per_device = "2 GiB per GPU" if engine is Engine.VLLM else "1 GiB per device"
+    lines = [
+        f"parameters    {_parameters(estimate.parameters)}",
+        f"quantization  {estimate.quantization} ({estimate.bits_per_weight:g} bits per weight)",
+        f"weights       {_gib(estimate.weights_bytes)} (from {estimate.weights_source})",
+        f"kv cache      {_gib(estimate.kv_cache_bytes)} ({estimate.kv_bytes_per_token} bytes"
+        f"/token x {estimate.kv_tokens} tokens for {estimate.parallel} x "
+        f"{estimate.context_length}, {estimate.kv_source})",
+        f"overhead      {_gib(estimate.overhead_bytes)} ({engine}: {per_device} + 5% of weights)",
+        f"total         {_gib(estimate.total_bytes)} ({estimate.total_bytes} bytes)",
+    ]
+    sys.stdout.write("\n".join(lines) + "\n")
+    return EXIT_OK
+
+
+def _add_run(commands: Any) -> None:
+    run = commands.add_parser(
+        "run",
+        help="run the operator (also: python -m modeldeploy run)",
+        description=(
+            "Run the ModelDeployment operator against the cluster of the in-cluster "
+            "service account or the kubeconfig. Flags override the settings file."
+        ),
+    )
+    run.add_argument("--config", type=Path, help="operator settings YAML (see docs/operator.md)")
+    run.add_argument(
+        "-n", "--namespace", action="append", dest="namespaces", help="serve only these"
+    )
+    run.add_argument("--resync-seconds", type=float, help="period of the drift check")
+    peering = run.add_mutually_exclusive_group()
+    peering.add_argument("--peering", help="Kopf peering name (one active replica)")
+    peering.add_argument("--standalone", action="store_true", help="no peering (default)")
+    run.add_argument("--metrics-port", type=int, help="Prometheus port (0: off)")
+    run.add_argument("--health-port", type=int, help="liveness /healthz port (0: off)")
+    run.add_argument("--bind-address", help="address of the metrics and health ports")
+    run.add_argument("--log-format", choices=("plain", "json"))
+    run.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    run.set_defaults(handler=run_operator_command)
+
+
+def run_operator_command(args: argparse.Namespace) -> int:
+    """``modeldeploy run``: validate the settings, then run Kopf until stopped."""
+    import asyncio
+
+    import kopf
+
+    from modeldeploy.handlers import run_operator
+    from modeldeploy.settings import SettingsError, load_settings
+
+    overrides = {
+        "namespaces": args.namespaces,
+        "resyncSeconds": args.resync_seconds,
+        "metricsPort": args.metrics_port,
+        "healthPort": args.health_port,
+        "bindAddress": args.bind_address,
+        "logFormat": args.log_format,
+    }
+    try:
+        settings = load_settings(args.config, overrides)
+    except SettingsError as error:
+        print(f"modeldeploy run: {error}", file=sys.stderr)
+        return EXIT_INVALID
+    if args.peering:
+        settings = settings.model_copy(update={"peering": args.peering})
+    elif args.standalone:
+        settings = settings.model_copy(update={"peering": None})
+    log_format = kopf.LogFormat.JSON if settings.log_format == "json" else kopf.LogFormat.PLAIN
+    kopf.configure(verbose=args.verbose, log_format=log_format)
+    asyncio.run(run_operator(settings))
+    return EXIT_OK

@@ -1,0 +1,58 @@
+"""Planning end to end: a ModelDeployment and the cluster's nodes -> decision and objects.
+
+This module owns the glue the operator's reconcile and ``modeldeploy plan`` share: validate
+the object (``api``), place it (``hardware``), render its children (``render``). Pure. A spec
+that cannot be accepted raises ``api.SpecError``; one that no node can serve raises
+``hardware.PlacementRefusal``; both name the field and say what is allowed or needed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from modeldeploy.api import ModelDeployment, SpecError, parse_model_deployment
+from modeldeploy.config import OperatorConfig
+from modeldeploy.hardware import Placement, PlacementRefusal, plan_placement
+from modeldeploy.render import render_objects
+from modeldeploy.sizing import ModelArchitecture
+
+PlanError = (SpecError, PlacementRefusal)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A placement and the objects rendered from it."""
+
+    model_deployment: ModelDeployment
+    placement: Placement
+    objects: list[dict[str, Any]]
+
+    def as_dict(self) -> dict[str, Any]:
+        """``{"decision": ..., "objects": [...]}``, the shape ``modeldeploy plan`` prints."""
+        return {"decision": self.placement.decision(), "objects": self.objects}
+
+
+def plan(
+    md: ModelDeployment,
+    nodes: Sequence[Mapping[str, Any]],
+    config: OperatorConfig | None = None,
+    artifact: ModelArchitecture | None = None,
+) -> Plan:
+    """Place a validated ModelDeployment on the nodes and render its children."""
+    config = config or OperatorConfig()
+    if not md.name:
+        raise SpecError("metadata.name", "required field is missing")
+    placement = plan_placement(md.spec, nodes, config, artifact)
+    return Plan(md, placement, render_objects(md, placement, config))
+
+
+def plan_object(
+    obj: object,
+    nodes: Sequence[Mapping[str, Any]],
+    config: OperatorConfig | None = None,
+    artifact: ModelArchitecture | None = None,
+) -> Plan:
+    """Validate a raw ModelDeployment object, then ``plan`` it."""
+    return plan(parse_model_deployment(obj), nodes, config, artifact)
