@@ -10,16 +10,20 @@ from __future__ import annotations
 import ipaddress
 import os
 import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+import httpx
 import yaml
 from kubernetes import client, config
+from prometheus_client.parser import text_string_to_metric_families
 
-from e2e.cluster.local import NODES_FILE, POD_CIDR
+from e2e.cluster.local import NODES_FILE, POD_CIDR, REPO, free_port
 from e2e.cluster.tools import client_bin_dir
 
 T = TypeVar("T")
@@ -84,6 +88,39 @@ class ClusterHandle:
         return self.workdir / "logs" / "audit.log" if self.workdir else None
 
 
+CRD_FILE = REPO / "crds" / "modeldeploy.io_modeldeployments.yaml"
+CRD_NAME = "modeldeployments.modeldeploy.io"
+
+
+def install_crds(cluster: ClusterHandle) -> None:
+    """Server-side apply the CRD (safe to repeat); wait until it is served and explained."""
+    applied = cluster.kubectl(
+        "apply", "--server-side", "--force-conflicts", "-f", str(CRD_FILE), check=False
+    )
+    assert applied.returncode == 0, applied.stderr
+    extensions = client.ApiextensionsV1Api(cluster.api_client())
+
+    def established() -> bool:
+        crd = extensions.read_custom_resource_definition(CRD_NAME)
+        found = (crd.status.conditions if crd.status else None) or []
+        conditions = {condition.type: condition.status for condition in found}
+        return conditions.get("Established") == "True" and conditions.get("NamesAccepted") == "True"
+
+    wait_until(established, timeout=60, what=f"CRD {CRD_NAME} Established")
+    wait_until(
+        lambda: cluster.kubectl("get", "mdep", "-A", check=False).returncode == 0,
+        timeout=60,
+        what="the mdep short name in discovery",
+    )
+    # The API server publishes a new CRD's OpenAPI (what kubectl explain reads) a moment
+    # after Established.
+    wait_until(
+        lambda: cluster.kubectl("explain", "mdep.spec.model", check=False).returncode == 0,
+        timeout=60,
+        what="the CRD schema in the published OpenAPI",
+    )
+
+
 def pool_nodes() -> list[dict[str, Any]]:
     """The Node manifests of the simulated pool."""
     with NODES_FILE.open() as f:
@@ -97,3 +134,84 @@ def existing_cluster() -> ClusterHandle | None:
     kubeconfig = os.environ.get("KUBECONFIG", str(Path.home() / ".kube" / "config"))
     pod_cidr = os.environ.get("MODELDEPLOY_E2E_POD_CIDR", POD_CIDR)
     return ClusterHandle(Path(kubeconfig), pod_cidr or None)
+
+
+class OperatorProcess:
+    """``modeldeploy run`` as a subprocess serving one namespace, with its metrics."""
+
+    def __init__(self, kubeconfig: Path, namespace: str, resync_seconds: float = 1.0) -> None:
+        self.kubeconfig = kubeconfig
+        self.namespace = namespace
+        self.resync_seconds = resync_seconds
+        self.metrics_port = free_port()
+        self.health_port = free_port()
+        self.log_path = Path(tempfile.mkstemp(prefix="modeldeploy-operator-", suffix=".log")[1])
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> OperatorProcess:
+        """Start the operator and wait until its health endpoint answers."""
+        argv = [
+            sys.executable, "-m", "modeldeploy", "run", "--standalone",
+            "--namespace", self.namespace,
+            "--resync-seconds", str(self.resync_seconds),
+            "--metrics-port", str(self.metrics_port),
+            "--health-port", str(self.health_port),
+            "--bind-address", "127.0.0.1",
+        ]  # fmt: skip
+        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "PYTHONUNBUFFERED": "1"}
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
+        health = f"http://127.0.0.1:{self.health_port}/healthz"
+
+        def healthy() -> bool:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise RuntimeError(f"operator exited early:\n{self.log()}")
+            try:
+                return httpx.get(health, timeout=1).is_success
+            except httpx.HTTPError:
+                return False
+
+        wait_until(healthy, timeout=60, what="the operator's health endpoint")
+        return self
+
+    def log(self) -> str:
+        """Everything the operator printed so far."""
+        return self.log_path.read_text(errors="replace")
+
+    def metric(self, name: str, **labels: str) -> float:
+        """The current value of one Prometheus sample (0 when absent)."""
+        text = httpx.get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).text
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == name and all(
+                    sample.labels.get(k) == v for k, v in labels.items()
+                ):
+                    return float(sample.value)
+        return 0.0
+
+    def reconciles(self) -> float:
+        """Reconcile passes so far, whatever their result."""
+        text = httpx.get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).text
+        return sum(
+            s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+            if s.name == "modeldeploy_reconcile_total"
+        )
+
+    def kill(self) -> None:
+        """SIGKILL the operator (a crash)."""
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait()
+
+    def stop(self) -> None:
+        """SIGTERM the operator and wait for it to exit."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()

@@ -32,6 +32,7 @@ import yaml
 from kubernetes import client, config
 
 from e2e.cluster.pki import Pki, ensure_pki, write_kubeconfig
+from e2e.cluster.provisioner import STORAGE_CLASS, LocalPathProvisioner
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
@@ -114,6 +115,7 @@ class LocalCluster:
         self.ports = Ports()
         self.components: list[Component] = []
         self._pki: Pki | None = None
+        self._provisioner: LocalPathProvisioner | None = None
 
     @property
     def server(self) -> str:
@@ -148,6 +150,9 @@ class LocalCluster:
             self._start_kwok()
             self._register_nodes()
             progress(f"{len(self.node_names())} kwok nodes Ready")
+            self._provisioner = LocalPathProvisioner(self._client(), self.workdir / "volumes")
+            self._provisioner.start()
+            progress(f"default StorageClass {STORAGE_CLASS} (stand-in provisioner)")
             self._write_state(time.monotonic() - started)
         except BaseException:
             self.stop()
@@ -155,6 +160,9 @@ class LocalCluster:
 
     def stop(self) -> None:
         """Stop every component (reverse order), then make sure none of them survived."""
+        if self._provisioner is not None:
+            self._provisioner.stop()
+            self._provisioner = None
         for component in reversed(self.components):
             _terminate(component.process)
             component.log_file.close()
@@ -288,6 +296,9 @@ class LocalCluster:
                 f"--service-cluster-ip-range={SERVICE_CIDR}",
                 f"--cluster-signing-cert-file={p.ca_cert}",
                 f"--cluster-signing-key-file={p.ca_key}",
+                # kwok renews node leases from this one busy machine; a generous grace
+                # keeps a CPU-starved moment from tainting the pool NotReady mid-test.
+                "--node-monitor-grace-period=120s",
             ],
         )
         self._wait_https_healthz(kcm, self.ports.controller_manager)
@@ -343,7 +354,7 @@ class LocalCluster:
         return [n["metadata"]["name"] for n in self.node_manifests()]
 
     def _register_nodes(self) -> None:
-        api = client.CoreV1Api(config.new_client_from_config(str(self.kubeconfig)))
+        api = client.CoreV1Api(self._client())
         for node in self.node_manifests():
             # Node create accepts status (kubelets register that way), so capacity,
             # allocatable GPUs and nodeInfo arrive in one call.
@@ -361,6 +372,9 @@ class LocalCluster:
             return wanted <= ready
 
         self._wait_healthy(kwok, all_ready)
+
+    def _client(self) -> client.ApiClient:
+        return config.new_client_from_config(str(self.kubeconfig))
 
     # -- state -----------------------------------------------------------------------
 

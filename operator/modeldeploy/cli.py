@@ -12,6 +12,7 @@ from typing import Any, TextIO
 import yaml
 
 from modeldeploy import __version__
+from modeldeploy.serve.cli import add_serve_parsers
 
 EXIT_OK = 0
 EXIT_FAILURE = 1  # the cluster could not be read
@@ -33,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_plan(commands)
     _add_estimate(commands)
     _add_run(commands)
+    add_serve_parsers(commands)
     return parser
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from e2e.cluster.local import POD_CIDR, REPO, LocalCluster
 from e2e.cluster.tools import control_plane_bin_dir
-from e2e.harness import ClusterHandle, existing_cluster
+from e2e.harness import ClusterHandle, existing_cluster, install_crds
 from kubernetes import client
 
 
@@ -35,6 +35,13 @@ def cluster() -> Iterator[ClusterHandle]:
         yield ClusterHandle(local.kubeconfig, POD_CIDR, workdir=local.workdir)
     finally:
         local.stop()
+
+
+@pytest.fixture(scope="session")
+def crd_cluster(cluster: ClusterHandle) -> ClusterHandle:
+    """The cluster with the CRDs applied (idempotently), Established and explained."""
+    install_crds(cluster)
+    return cluster
 
 
 @pytest.fixture

@@ -210,7 +210,8 @@ def test_crd_with_a_cel_rule_rejects_a_bad_object_with_the_rules_message(
 
     def established() -> bool:
         crd = extensions.read_custom_resource_definition("widgets.e2e.modeldeploy.io")
-        return any(c.type == "Established" and c.status == "True" for c in crd.status.conditions)
+        conditions = (crd.status.conditions if crd.status else None) or []
+        return any(c.type == "Established" and c.status == "True" for c in conditions)
 
     wait_until(established, what="the Widget CRD to be Established")
     custom = client.CustomObjectsApi(api)

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import copy
 import json
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from e2e.harness import ClusterHandle, wait_until
+from e2e.harness import CRD_NAME, ClusterHandle, install_crds
 from kubernetes import client
 
 from modeldeploy.api import SpecError, parse_model_deployment, parse_spec
@@ -22,46 +21,8 @@ from modeldeploy.api import SpecError, parse_model_deployment, parse_spec
 pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[2]
-CRD_FILE = REPO / "crds" / "modeldeploy.io_modeldeployments.yaml"
-CRD_NAME = "modeldeployments.modeldeploy.io"
 EXAMPLES = sorted((REPO / "examples").glob("*.yaml"))
 SHA = "b" * 64
-
-
-def apply_crd(cluster: ClusterHandle) -> subprocess.CompletedProcess[str]:
-    """Server-side apply the CRD file; safe to repeat."""
-    return cluster.kubectl(
-        "apply", "--server-side", "--force-conflicts", "-f", str(CRD_FILE), check=False
-    )
-
-
-@pytest.fixture(scope="module")
-def crd_cluster(cluster: ClusterHandle) -> ClusterHandle:
-    """The cluster with the CRD applied (idempotently), Established, discoverable, explained."""
-    applied = apply_crd(cluster)
-    assert applied.returncode == 0, applied.stderr
-    extensions = client.ApiextensionsV1Api(cluster.api_client())
-
-    def established() -> bool:
-        crd = extensions.read_custom_resource_definition(CRD_NAME)
-        found = (crd.status.conditions if crd.status else None) or []
-        conditions = {condition.type: condition.status for condition in found}
-        return conditions.get("Established") == "True" and conditions.get("NamesAccepted") == "True"
-
-    wait_until(established, timeout=60, what=f"CRD {CRD_NAME} Established")
-    wait_until(
-        lambda: cluster.kubectl("get", "mdep", "-A", check=False).returncode == 0,
-        timeout=60,
-        what="the mdep short name in discovery",
-    )
-    # The API server publishes a new CRD's OpenAPI (what kubectl explain reads) a moment
-    # after Established.
-    wait_until(
-        lambda: cluster.kubectl("explain", "mdep.spec.model", check=False).returncode == 0,
-        timeout=60,
-        what="the CRD schema in the published OpenAPI",
-    )
-    return cluster
 
 
 def manifest(name: str = "demo", **spec: Any) -> dict[str, Any]:
@@ -109,7 +70,7 @@ def test_applying_the_crd_again_changes_nothing(crd_cluster: ClusterHandle) -> N
         return metadata.resource_version if metadata else None
 
     before = resource_version()
-    assert apply_crd(crd_cluster).returncode == 0
+    install_crds(crd_cluster)
     assert resource_version() == before
 
 

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Builds (or reuses) the servers the gs:// and oci:// fetch tests talk to, from the pinned Go
+# tool modules in e2e/cluster/tools/: fake-gcs-server (a GCS emulator) and the CNCF
+# distribution registry. They land in a cache directory outside the repository, keyed by the
+# pinned versions and the hash of the go.mod/go.sum files; the script prints that directory.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+tools="$here/tools"
+gcs_version="$(awk '$1=="github.com/fsouza/fake-gcs-server"{print $2}' "$tools/fake-gcs-server/go.mod")"
+registry_version="$(awk '$1=="github.com/distribution/distribution/v3"{print $2}' "$tools/registry/go.mod")"
+pin_hash="$(cat "$tools"/fake-gcs-server/go.* "$tools"/registry/go.* <(go env GOVERSION) | sha256sum | cut -c1-12)"
+cache_root="${MODELDEPLOY_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/modeldeploy}"
+bin="$cache_root/fetch-servers-gcs-$gcs_version-registry-$registry_version-$pin_hash/bin"
+mkdir -p "$bin"
+
+export GOFLAGS="${GOFLAGS:--buildvcs=false} -trimpath"
+export CGO_ENABLED=0
+
+build() {
+  local name="$1" dir="$2" pkg="$3" start
+  if [[ -x "$bin/$name" ]]; then
+    echo "[fetch-build] $name: cached ($bin/$name)" >&2
+    return
+  fi
+  start=$SECONDS
+  echo "[fetch-build] $name: building from $pkg ..." >&2
+  (cd "$dir" && go build -ldflags "-s -w" -o "$bin/$name.tmp" "$pkg")
+  mv "$bin/$name.tmp" "$bin/$name"
+  echo "[fetch-build] $name: built in $((SECONDS - start))s" >&2
+}
+
+build fake-gcs-server "$tools/fake-gcs-server" github.com/fsouza/fake-gcs-server
+build registry "$tools/registry" github.com/distribution/distribution/v3/cmd/registry
+echo "$bin"

@@ -1,0 +1,119 @@
+"""A stand-in for a dynamic volume provisioner (a CSI driver such as local-path) in the
+local cluster, which has no storage: it makes the default StorageClass and, for every
+claim of that class, a hostPath PersistentVolume under the cluster's work directory,
+pre-bound through ``claimRef`` so that kube-controller-manager's PV controller binds it.
+Volumes whose claim is gone are deleted with their directory. Any access mode is
+granted: every simulated node is this one machine, so ReadWriteMany holds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shutil
+import threading
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client, watch
+
+STORAGE_CLASS = "modeldeploy-local"
+PROVISIONER = "e2e.modeldeploy.io/local-path"
+log = logging.getLogger(__name__)
+
+
+class LocalPathProvisioner:
+    """Watches claims in a background thread and provisions hostPath volumes for them."""
+
+    def __init__(self, api: client.ApiClient, root: Path) -> None:
+        self.core = client.CoreV1Api(api)
+        self.storage = client.StorageV1Api(api)
+        self.root = root
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="pv-provisioner", daemon=True)
+
+    def start(self) -> None:
+        """Create the default StorageClass and start provisioning."""
+        self.storage.create_storage_class(
+            {
+                "metadata": {
+                    "name": STORAGE_CLASS,
+                    "annotations": {"storageclass.kubernetes.io/is-default-class": "true"},
+                },
+                "provisioner": PROVISIONER,
+                "reclaimPolicy": "Delete",
+                "volumeBindingMode": "Immediate",
+            }
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the watch loop (returns within its poll timeout)."""
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._sync_once()
+                stream = watch.Watch().stream(
+                    self.core.list_persistent_volume_claim_for_all_namespaces, timeout_seconds=2
+                )
+                for _ in stream:
+                    self._sync_once()
+                    if self._stop.is_set():
+                        break
+            except Exception:  # the API server may be stopping; retry until told to stop
+                if self._stop.wait(1):
+                    return
+                log.exception("provisioner pass failed; retrying")
+
+    def _sync_once(self) -> None:
+        claims = self.core.list_persistent_volume_claim_for_all_namespaces().items
+        volumes = self.core.list_persistent_volume().items
+        bound_uids = {pv.spec.claim_ref.uid for pv in volumes if pv.spec.claim_ref}
+        for claim in claims:
+            if claim.spec.storage_class_name != STORAGE_CLASS:
+                continue
+            if claim.metadata.deletion_timestamp or claim.metadata.uid in bound_uids:
+                continue
+            self._provision(claim)
+        live = {c.metadata.uid for c in claims}
+        for pv in volumes:
+            ours = (pv.metadata.annotations or {}).get("pv.kubernetes.io/provisioned-by")
+            if ours == PROVISIONER and pv.spec.claim_ref and pv.spec.claim_ref.uid not in live:
+                self._delete(pv)
+
+    def _provision(self, claim: Any) -> None:
+        meta = claim.metadata
+        name = f"pvc-{meta.uid}"
+        path = self.root / name
+        path.mkdir(parents=True, exist_ok=True)
+        body = {
+            "metadata": {
+                "name": name,
+                "annotations": {"pv.kubernetes.io/provisioned-by": PROVISIONER},
+            },
+            "spec": {
+                "capacity": {"storage": claim.spec.resources.requests["storage"]},
+                "accessModes": claim.spec.access_modes,
+                "persistentVolumeReclaimPolicy": "Delete",
+                "storageClassName": STORAGE_CLASS,
+                "hostPath": {"path": str(path), "type": "DirectoryOrCreate"},
+                "claimRef": {
+                    "namespace": meta.namespace,
+                    "name": meta.name,
+                    "uid": meta.uid,
+                },
+            },
+        }
+        try:
+            self.core.create_persistent_volume(body)
+        except client.ApiException as error:
+            if error.status != 409:
+                raise
+
+    def _delete(self, pv: Any) -> None:
+        with contextlib.suppress(client.ApiException):
+            self.core.delete_persistent_volume(pv.metadata.name)
+        shutil.rmtree(self.root / pv.metadata.name, ignore_errors=True)

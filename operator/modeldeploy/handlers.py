@@ -1,0 +1,373 @@
+"""Kopf wiring only: watches, in-memory indexes, and handlers that all call ``reconcile``.
+
+Every trigger — a ModelDeployment created, changed or resumed, the periodic drift check,
+a Node change, a change of a child Deployment, Service, PVC or pod — ends in the same
+level-triggered ``reconcile`` for the ModelDeployment concerned. The cluster state it
+needs comes from Kopf indexes (kept current by watches), so a pass reads nothing from the
+API server, and a pass with nothing to change writes nothing. Passes for one object are
+serialised and coalesced: while one waits, further triggers for that object are dropped,
+since the waiting pass will see the newest state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import kopf
+from kubernetes import client
+from kubernetes import config as kube_config
+from prometheus_client import start_http_server
+
+from modeldeploy import __version__
+from modeldeploy.api import API_GROUP, API_VERSION, PLURAL
+from modeldeploy.apply import Writer
+from modeldeploy.metrics import LAST_ERROR, RECONCILE_SECONDS, RECONCILES, set_phase_counts
+from modeldeploy.reconcile import ClusterView, reconcile
+from modeldeploy.render import LABEL_MANAGED_BY, LABEL_MODEL_DEPLOYMENT, MANAGED_BY
+from modeldeploy.settings import OperatorSettings
+from modeldeploy.status import condition
+
+MD = (API_GROUP, API_VERSION, PLURAL)
+CHILD_LABELS = {LABEL_MANAGED_BY: MANAGED_BY}
+ALL_NODES = "all"
+log = logging.getLogger("modeldeploy.operator")
+
+Key = tuple[str, str]
+
+
+@dataclass
+class State:
+    """Per-process state shared by the handlers (Kopf's memo)."""
+
+    settings: OperatorSettings
+    writer: Writer | None = None
+    locks: dict[Key, asyncio.Lock] = field(default_factory=dict)
+    pending: set[Key] = field(default_factory=set)
+    phases: dict[Key, str] = field(default_factory=dict)
+    node_facts: dict[str, Any] = field(default_factory=dict)
+
+
+def _snapshot(body: Mapping[str, Any]) -> dict[str, Any]:
+    return copy.deepcopy(dict(body))
+
+
+def _node_facts(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The parts of a Node that planning reads (heartbeats excluded)."""
+    status = body.get("status", {})
+    return {
+        "metadata": {
+            "name": body["metadata"]["name"],
+            "labels": dict(body["metadata"].get("labels") or {}),
+        },
+        "spec": {
+            "taints": copy.deepcopy(body.get("spec", {}).get("taints") or []),
+            "unschedulable": bool(body.get("spec", {}).get("unschedulable")),
+        },
+        "status": {
+            "allocatable": dict(status.get("allocatable") or {}),
+            "capacity": dict(status.get("capacity") or {}),
+            "conditions": [
+                {"type": c.get("type"), "status": c.get("status")}
+                for c in status.get("conditions") or []
+                if c.get("type") == "Ready"
+            ],
+        },
+    }
+
+
+def _pod_facts(body: Mapping[str, Any]) -> dict[str, Any]:
+    status = body.get("status", {})
+    return {
+        "metadata": {"name": body["metadata"]["name"]},
+        "spec": {"nodeName": body.get("spec", {}).get("nodeName")},
+        "status": {
+            "phase": status.get("phase"),
+            "podIP": status.get("podIP"),
+            "conditions": copy.deepcopy(status.get("conditions") or []),
+            "containerStatuses": copy.deepcopy(status.get("containerStatuses") or []),
+            "initContainerStatuses": copy.deepcopy(status.get("initContainerStatuses") or []),
+        },
+    }
+
+
+def _owner_key(namespace: str | None, labels: Mapping[str, str]) -> Key | None:
+    owner = labels.get(LABEL_MODEL_DEPLOYMENT)
+    return (namespace, owner) if namespace and owner else None
+
+
+# -- start-up --------------------------------------------------------------------------
+
+
+def _api_client() -> client.ApiClient:
+    try:
+        kube_config.load_incluster_config()
+    except kube_config.ConfigException:
+        kube_config.load_kube_config()
+    api = client.ApiClient()
+    api.user_agent = f"modeldeploy/{__version__}"  # tells our calls apart in audit logs
+    return api
+
+
+@kopf.on.login()
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """In a pod, the service account; elsewhere, the kubeconfig."""
+    return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
+
+@kopf.on.startup()
+def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    """Configure Kopf's identity under our group, the writer and the metrics endpoint."""
+    state: State = memo.state
+    settings.persistence.finalizer = f"{API_GROUP}/finalizer"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=API_GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=API_GROUP, key="last-handled-configuration"
+    )
+    settings.posting.enabled = False  # our own Events, for decisions and failures only
+    settings.watching.server_timeout = 300
+    state.writer = Writer(_api_client())
+    if state.settings.metrics_port:
+        start_http_server(state.settings.metrics_port, addr=state.settings.bind_address)
+    log.info(
+        "modeldeploy operator starting: namespaces=%s resync=%ss peering=%s",
+        state.settings.namespaces or "all",
+        state.settings.resync_seconds,
+        state.settings.peering or "standalone",
+    )
+
+
+# -- indexes ---------------------------------------------------------------------------
+
+
+@kopf.index(*MD)
+def model_deployments(body: kopf.Body, namespace: str | None, name: str, **_: Any) -> Any:
+    """Every ModelDeployment, by (namespace, name)."""
+    return {(namespace, name): _snapshot(body)}
+
+
+@kopf.index("nodes")
+def nodes(body: kopf.Body, **_: Any) -> dict[str, Any]:
+    """The node pool as planning sees it."""
+    return {ALL_NODES: _node_facts(body)}
+
+
+@kopf.index("apps", "v1", "deployments", labels=CHILD_LABELS)
+def child_deployments(body: kopf.Body, namespace: str | None, labels: kopf.Labels, **_: Any) -> Any:
+    """Deployments the operator manages, by owning ModelDeployment."""
+    key = _owner_key(namespace, labels)
+    return {key: _snapshot(body)} if key else None
+
+
+@kopf.index("v1", "services", labels=CHILD_LABELS)
+def child_services(body: kopf.Body, namespace: str | None, labels: kopf.Labels, **_: Any) -> Any:
+    """Services the operator manages, by owning ModelDeployment."""
+    key = _owner_key(namespace, labels)
+    return {key: _snapshot(body)} if key else None
+
+
+@kopf.index("v1", "persistentvolumeclaims", labels=CHILD_LABELS)
+def child_claims(body: kopf.Body, namespace: str | None, labels: kopf.Labels, **_: Any) -> Any:
+    """Cache PVCs the operator manages, by owning ModelDeployment."""
+    key = _owner_key(namespace, labels)
+    return {key: _snapshot(body)} if key else None
+
+
+@kopf.index("v1", "pods", labels=CHILD_LABELS)
+def child_pods(body: kopf.Body, namespace: str | None, labels: kopf.Labels, **_: Any) -> Any:
+    """Pods of managed Deployments, by owning ModelDeployment (status facts only)."""
+    key = _owner_key(namespace, labels)
+    return {key: _pod_facts(body)} if key else None
+
+
+# -- the one reconcile entry -----------------------------------------------------------
+
+
+def _view(key: Key, indexes: Mapping[str, kopf.Index[Any, Any]]) -> ClusterView:
+    children = [
+        *indexes["child_deployments"].get(key, []),
+        *indexes["child_services"].get(key, []),
+        *indexes["child_claims"].get(key, []),
+    ]
+    return ClusterView(
+        nodes=list(indexes["nodes"].get(ALL_NODES, [])),
+        children=children,
+        pods=list(indexes["child_pods"].get(key, [])),
+    )
+
+
+def _indexes(kwargs: Mapping[str, Any]) -> dict[str, kopf.Index[Any, Any]]:
+    names = ("model_deployments", "nodes", "child_deployments", "child_services")
+    return {n: kwargs[n] for n in (*names, "child_claims", "child_pods")}
+
+
+async def reconcile_key(key: Key, state: State, kwargs: Mapping[str, Any]) -> None:
+    """Run one coalesced, serialised reconcile pass for one ModelDeployment."""
+    if key in state.pending:
+        return  # a queued pass will read the newest state
+    state.pending.add(key)
+    lock = state.locks.setdefault(key, asyncio.Lock())
+    async with lock:
+        state.pending.discard(key)
+        indexes = _indexes(kwargs)
+        found = list(indexes["model_deployments"].get(key, []))
+        if not found or found[0]["metadata"].get("deletionTimestamp"):
+            return
+        md, view = found[0], _view(key, indexes)
+        assert state.writer is not None
+        started = time.monotonic()
+        try:
+            result = await asyncio.to_thread(
+                reconcile, md, view, state.writer, state.settings.planning
+            )
+        except client.ApiException as error:
+            RECONCILES.labels(result="error").inc()
+            LAST_ERROR.set_to_current_time()
+            await _api_error(error, md, state)
+        except Exception:
+            RECONCILES.labels(result="error").inc()
+            LAST_ERROR.set_to_current_time()
+            raise
+        else:
+            RECONCILES.labels(result=result.result).inc()
+            state.phases[key] = result.phase
+            set_phase_counts(state.phases.values())
+            if result.writes:
+                log.info(
+                    "reconciled %s/%s: phase=%s applied=%s pruned=%s writes=%d",
+                    *key, result.phase, result.applied, result.pruned, result.writes,
+                )  # fmt: skip
+        finally:
+            RECONCILE_SECONDS.observe(time.monotonic() - started)
+
+
+# Retry delays for transient API errors: conflicts, throttling, server errors.
+_TRANSIENT_STATUS = {409, 429, 500, 502, 503, 504}
+
+
+async def _api_error(error: client.ApiException, md: Mapping[str, Any], state: State) -> None:
+    """Classify an API error: retry transient ones, report a missing permission."""
+    status = int(error.status or 0)
+    if status in _TRANSIENT_STATUS or status == 0:
+        raise kopf.TemporaryError(f"API server answered {status}: {error.reason}", delay=5)
+    if status == 403:
+        message = f"the operator lacks a permission: {_api_message(error)}"
+        await asyncio.to_thread(_report_forbidden, md, message, state)
+        raise kopf.TemporaryError(message, delay=60)
+    raise error
+
+
+def _api_message(error: client.ApiException) -> str:
+    try:
+        return str(json.loads(error.body or "{}").get("message") or error.reason)
+    except ValueError:
+        return str(error.reason)
+
+
+def _report_forbidden(md: Mapping[str, Any], message: str, state: State) -> None:
+    """Put the missing permission into the Degraded condition (status kept otherwise)."""
+    assert state.writer is not None
+    meta = md["metadata"]
+    status = copy.deepcopy(dict(md.get("status") or {}))
+    generation = int(meta.get("generation") or 1)
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    degraded = condition("Degraded", True, "Forbidden", message, generation=generation, now=now)
+    others = [c for c in status.get("conditions") or [] if c.get("type") != "Degraded"]
+    status["conditions"] = [*others, degraded]
+    try:
+        state.writer.apply_status(meta["namespace"], meta["name"], status)
+        state.writer.event(md, "Warning", "Forbidden", message, "Reconcile")
+    except client.ApiException as error:
+        log.error("cannot report the missing permission on %s: %s", meta["name"], error)
+
+
+# -- triggers --------------------------------------------------------------------------
+
+
+@kopf.on.resume(*MD)
+@kopf.on.create(*MD)
+@kopf.on.update(*MD)
+async def model_deployment_changed(
+    namespace: str | None, name: str, memo: kopf.Memo, **kwargs: Any
+) -> None:
+    """A ModelDeployment appeared or its spec, labels or annotations changed."""
+    await reconcile_key((namespace or "", name), memo.state, kwargs)
+
+
+async def resync(namespace: str | None, name: str, memo: kopf.Memo, **kwargs: Any) -> None:
+    """The periodic drift check (registered as a timer by ``register_resync``)."""
+    await reconcile_key((namespace or "", name), memo.state, kwargs)
+
+
+@kopf.on.delete(*MD)
+def model_deployment_deleted(namespace: str | None, name: str, memo: kopf.Memo, **_: Any) -> None:
+    """Forget a deleted ModelDeployment; its children go by garbage collection."""
+    state: State = memo.state
+    state.phases.pop((namespace or "", name), None)
+    state.locks.pop((namespace or "", name), None)
+    set_phase_counts(state.phases.values())
+
+
+@kopf.on.event("nodes")
+async def node_changed(
+    event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **kwargs: Any
+) -> None:
+    """Re-plan every ModelDeployment when the pool's planning facts change."""
+    state: State = memo.state
+    name = body["metadata"]["name"]
+    facts = None if event["type"] == "DELETED" else _node_facts(body)
+    if state.node_facts.get(name) == facts:
+        return
+    if facts is None:
+        state.node_facts.pop(name, None)
+    else:
+        state.node_facts[name] = facts
+    keys = list(kwargs["model_deployments"].keys())
+    await asyncio.gather(*(reconcile_key(key, state, kwargs) for key in keys))
+
+
+async def _child_changed(
+    namespace: str | None, labels: Mapping[str, str], memo: kopf.Memo, kwargs: Mapping[str, Any]
+) -> None:
+    key = _owner_key(namespace, labels)
+    if key is not None:
+        await reconcile_key(key, memo.state, kwargs)
+
+
+@kopf.on.event("apps", "v1", "deployments", labels=CHILD_LABELS)
+@kopf.on.event("v1", "services", labels=CHILD_LABELS)
+@kopf.on.event("v1", "persistentvolumeclaims", labels=CHILD_LABELS)
+@kopf.on.event("v1", "pods", labels=CHILD_LABELS)
+async def child_changed(
+    namespace: str | None, labels: kopf.Labels, memo: kopf.Memo, **kwargs: Any
+) -> None:
+    """A child changed (status, drift, deletion): reconcile its owner."""
+    await _child_changed(namespace, labels, memo, kwargs)
+
+
+def register_resync(interval: float) -> None:
+    """Register the drift-check timer with the configured period."""
+    kopf.timer(*MD, interval=interval, initial_delay=interval, id="resync")(resync)
+
+
+async def run_operator(settings: OperatorSettings) -> None:
+    """Run the operator until it is stopped (SIGTERM/SIGINT)."""
+    register_resync(settings.resync_seconds)
+    memo = kopf.Memo(state=State(settings))
+    endpoint = None
+    if settings.health_port:
+        endpoint = f"http://{settings.bind_address}:{settings.health_port}/healthz"
+    await kopf.operator(
+        clusterwide=not settings.namespaces,
+        namespaces=settings.namespaces,
+        standalone=settings.peering is None,
+        peering_name=settings.peering,
+        liveness_endpoint=endpoint,
+        memo=memo,
+    )

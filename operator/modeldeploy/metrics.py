@@ -1,0 +1,43 @@
+"""Prometheus metrics of the operator (prometheus-client), served by ``modeldeploy run``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from prometheus_client import Counter, Gauge, Histogram
+
+RECONCILES = Counter(
+    "modeldeploy_reconcile",
+    "Reconcile passes of ModelDeployments, by result.",
+    ["result"],
+)
+RECONCILE_SECONDS = Histogram(
+    "modeldeploy_reconcile_duration_seconds",
+    "Wall time of one reconcile pass.",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+MODEL_DEPLOYMENTS = Gauge(
+    "modeldeploy_model_deployments",
+    "ModelDeployments known to this operator, by phase.",
+    ["phase"],
+)
+LAST_ERROR = Gauge(
+    "modeldeploy_last_error_timestamp_seconds",
+    "Unix time of the last reconcile pass that ended in an error.",
+)
+API_WRITES = Counter(
+    "modeldeploy_api_writes",
+    "Write calls the operator made to the API server, by verb and kind.",
+    ["verb", "kind"],
+)
+
+PHASES = ("Pending", "Fetching", "Deploying", "Ready", "Degraded", "Failed", "Blocked")
+
+
+def set_phase_counts(phases: Iterable[str]) -> None:
+    """Publish how many ModelDeployments are in each phase."""
+    counts = dict.fromkeys(PHASES, 0)
+    for phase in phases:
+        counts[phase] = counts.get(phase, 0) + 1
+    for phase, count in counts.items():
+        MODEL_DEPLOYMENTS.labels(phase=phase).set(count)

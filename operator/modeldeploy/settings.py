@@ -1,0 +1,81 @@
+"""Run-time settings of the operator process, validated at start-up.
+
+They come from a YAML file (``modeldeploy run --config FILE``, in a cluster the chart's
+ConfigMap) and are overridden by command-line flags. ``planning`` holds the
+``OperatorConfig`` that planning and rendering read (runtime images, headroom, limits).
+An unknown key or a wrong type stops the operator with one message naming the key.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+from pydantic.alias_generators import to_camel
+
+from modeldeploy.config import OperatorConfig
+
+
+class SettingsError(ValueError):
+    """The operator's settings file or flags are invalid."""
+
+
+class OperatorSettings(BaseModel):
+    """Everything ``modeldeploy run`` needs besides the cluster credentials."""
+
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, alias_generator=to_camel, populate_by_name=True
+    )
+
+    namespaces: list[str] = Field(
+        default_factory=list, description="Namespaces to serve; empty means cluster-wide."
+    )
+    resync_seconds: float = Field(
+        300.0, gt=0, description="Period of the drift check of every ModelDeployment."
+    )
+    peering: str | None = Field(
+        None,
+        description="Kopf peering name for one active operator among replicas; "
+        "null runs standalone.",
+    )
+    metrics_port: int = Field(9090, ge=0, le=65535, description="Prometheus /metrics port.")
+    health_port: int = Field(8080, ge=0, le=65535, description="Liveness /healthz port.")
+    bind_address: str = Field("0.0.0.0", description="Address of the metrics and health ports.")
+    log_format: Literal["plain", "json"] = "plain"
+    planning: OperatorConfig = Field(default_factory=OperatorConfig)
+
+    @field_validator("planning", mode="before")
+    @classmethod
+    def _planning(cls, value: Any) -> OperatorConfig:
+        if isinstance(value, OperatorConfig):
+            return value
+        if not isinstance(value, dict):
+            raise ValueError("must be a mapping of planning settings")
+        known = set(OperatorConfig.__dataclass_fields__)
+        unknown = sorted(set(value) - known)
+        if unknown:
+            raise ValueError(f"unknown keys {unknown}; allowed: {sorted(known)}")
+        return TypeAdapter(OperatorConfig).validate_python(value)
+
+
+def load_settings(path: Path | None, overrides: dict[str, Any]) -> OperatorSettings:
+    """Read the YAML settings file (if any), apply flag overrides, validate."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except (OSError, yaml.YAMLError) as error:
+            raise SettingsError(f"cannot read settings file {path}: {error}") from error
+        if not isinstance(loaded, dict):
+            raise SettingsError(f"settings file {path} must hold a mapping")
+        data.update(loaded)
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return OperatorSettings.model_validate(data)
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "settings"
+        source = f" in {path}" if path else ""
+        raise SettingsError(f"invalid operator setting {where}{source}: {first['msg']}") from error

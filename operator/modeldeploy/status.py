@@ -1,0 +1,223 @@
+"""The status of a ModelDeployment, computed from what a reconcile pass saw. Pure.
+
+``compute_status`` turns the plan outcome (a decision, or the refusal that stopped it)
+and the observed children (the Deployment and its pods, as plain dicts) into the whole
+``status`` object: ``metav1.Condition``-shaped ``Ready``, ``Progressing``, ``Degraded``
+and ``Scheduled`` conditions with ``observedGeneration``, a ``phase``, the decision, replica
+counts, the scale-subresource selector and the endpoint. A condition keeps its
+``lastTransitionTime`` while its status is unchanged, so an unchanged world computes a
+byte-identical status and the operator writes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+CONDITION_TYPES = ("Ready", "Progressing", "Degraded", "Scheduled")
+
+# Container waiting reasons that mean "this will not get better by waiting" (kubelet's
+# reasons for images and crash loops, see pkg/kubelet/images and kuberuntime).
+STUCK_WAITING_REASONS = frozenset(
+    {
+        "ImagePullBackOff",
+        "ErrImagePull",
+        "InvalidImageName",
+        "ErrImageNeverPull",
+        "CrashLoopBackOff",
+        "CreateContainerConfigError",
+        "CreateContainerError",
+        "RunContainerError",
+    }
+)
+
+# The decision fields the CRD's status schema declares (others would be pruned).
+STATUS_DECISION_FIELDS = (
+    "engine",
+    "accelerator",
+    "format",
+    "quantization",
+    "hardwareClass",
+    "gpusPerReplica",
+    "tensorParallelSize",
+    "estimatedMemoryBytes",
+    "nodeCount",
+    "contextLength",
+    "parallel",
+    "threads",
+    "gpuLayers",
+    "reason",
+)
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why no workload was planned: an invalid spec or no hardware that fits."""
+
+    reason: str  # CamelCase: InvalidSpec | NoFittingHardware
+    message: str
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What the cluster holds for one ModelDeployment's workload."""
+
+    deployment: Mapping[str, Any] | None
+    pods: Sequence[Mapping[str, Any]] = ()
+
+
+def condition(
+    type_: str, status: bool, reason: str, message: str, *, generation: int, now: str
+) -> dict[str, Any]:
+    """A metav1.Condition as a plain dict."""
+    return {
+        "type": type_,
+        "status": "True" if status else "False",
+        "observedGeneration": generation,
+        "lastTransitionTime": now,
+        "reason": reason,
+        "message": message,
+    }
+
+
+def _keep_transition_times(
+    new: list[dict[str, Any]], previous: Sequence[Mapping[str, Any]]
+) -> list[dict[str, Any]]:
+    before = {c.get("type"): c for c in previous}
+    for cond in new:
+        old = before.get(cond["type"])
+        if (
+            old is not None
+            and old.get("status") == cond["status"]
+            and old.get("lastTransitionTime")
+        ):
+            cond["lastTransitionTime"] = old["lastTransitionTime"]
+    return new
+
+
+def pod_problem(pods: Sequence[Mapping[str, Any]]) -> tuple[str, str] | None:
+    """The first reason a pod cannot become ready by waiting, as (reason, message)."""
+    for pod in pods:
+        name = pod.get("metadata", {}).get("name", "?")
+        status = pod.get("status", {})
+        for cond in status.get("conditions") or []:
+            if cond.get("type") == "PodScheduled" and cond.get("reason") == "Unschedulable":
+                return "PodUnschedulable", f"pod {name}: {cond.get('message', '')}".strip()
+        for key in ("initContainerStatuses", "containerStatuses"):
+            for container in status.get(key) or []:
+                waiting = (container.get("state") or {}).get("waiting") or {}
+                if waiting.get("reason") in STUCK_WAITING_REASONS:
+                    detail = waiting.get("message") or waiting["reason"]
+                    return (
+                        waiting["reason"],
+                        f"pod {name} container {container.get('name')}: {detail}",
+                    )
+    return None
+
+
+def _deployment_stuck(deployment: Mapping[str, Any]) -> str | None:
+    for cond in deployment.get("status", {}).get("conditions") or []:
+        if cond.get("type") == "Progressing" and cond.get("reason") == "ProgressDeadlineExceeded":
+            return str(cond.get("message", "rollout exceeded its progress deadline"))
+    return None
+
+
+def compute_status(
+    *,
+    generation: int,
+    outcome: Refusal | Mapping[str, Any],
+    observed: Observed,
+    desired_replicas: int,
+    selector: str,
+    endpoint: str | None,
+    previous: Mapping[str, Any],
+    now: str,
+) -> dict[str, Any]:
+    """The whole status object for one pass (``outcome`` is a refusal or the decision)."""
+
+    def cond(type_: str, status: bool, reason: str, message: str) -> dict[str, Any]:
+        return condition(type_, status, reason, message, generation=generation, now=now)
+
+    status: dict[str, Any] = {"observedGeneration": generation}
+    if isinstance(outcome, Refusal):
+        failed = outcome.reason == "InvalidSpec"
+        conditions = [
+            cond("Ready", False, outcome.reason, outcome.message),
+            cond("Progressing", False, outcome.reason, "no workload is rendered"),
+            cond("Degraded", True, outcome.reason, outcome.message),
+            cond("Scheduled", False, outcome.reason, outcome.message),
+        ]
+        status["phase"] = "Failed" if failed else "Pending"
+        status.update(replicas=0, readyReplicas=0, selector=selector)
+    else:
+        status["decision"] = {k: outcome[k] for k in STATUS_DECISION_FIELDS if k in outcome}
+        conditions, phase, replicas, ready = _workload_conditions(
+            cond, observed, desired_replicas, str(outcome.get("reason", ""))
+        )
+        status.update(phase=phase, replicas=replicas, readyReplicas=ready, selector=selector)
+        if endpoint:
+            status["endpoint"] = endpoint
+    previous_conditions = previous.get("conditions") or []
+    status["conditions"] = _keep_transition_times(conditions, previous_conditions)
+    return status
+
+
+def _workload_conditions(
+    cond: Any, observed: Observed, desired: int, decision_reason: str
+) -> tuple[list[dict[str, Any]], str, int, int]:
+    scheduled = cond("Scheduled", True, "Planned", decision_reason or "placement decided")
+    deployment = observed.deployment
+    if deployment is None:
+        return (
+            [
+                cond("Ready", False, "Deploying", "the Deployment is being created"),
+                cond("Progressing", True, "Applying", "the Deployment is being created"),
+                cond("Degraded", False, "AsExpected", "no problem observed"),
+                scheduled,
+            ],
+            "Deploying",
+            0,
+            0,
+        )
+    dep_status = deployment.get("status", {})
+    replicas = int(dep_status.get("replicas") or 0)
+    ready = int(dep_status.get("readyReplicas") or 0)
+    updated = int(dep_status.get("updatedReplicas") or 0)
+    seen = int(dep_status.get("observedGeneration") or 0)
+    current = seen >= int(deployment.get("metadata", {}).get("generation") or 0)
+    rolled_out = current and updated >= desired and replicas == desired and ready >= desired
+
+    problem = pod_problem(observed.pods)
+    stuck = _deployment_stuck(deployment)
+    if problem is None and stuck is not None:
+        problem = ("ProgressDeadlineExceeded", stuck)
+    if problem:
+        degraded = cond("Degraded", True, problem[0], problem[1])
+    else:
+        degraded = cond("Degraded", False, "AsExpected", "no problem observed")
+
+    if rolled_out and desired == 0:
+        ready_cond = cond("Ready", True, "ScaledToZero", "0 replicas requested")
+        progressing = cond("Progressing", False, "RolloutComplete", "0 replicas requested")
+        phase = "Ready"
+    elif rolled_out:
+        message = f"{ready}/{desired} replicas ready"
+        ready_cond = cond("Ready", True, "Available", message)
+        progressing = cond("Progressing", False, "RolloutComplete", message)
+        phase = "Ready"
+    else:
+        message = f"{ready}/{desired} replicas ready, {updated}/{desired} updated"
+        reason = problem[0] if problem else "RollingOut"
+        ready_cond = cond("Ready", False, reason, problem[1] if problem else message)
+        progressing = cond("Progressing", True, "RollingOut", message)
+        phase = "Degraded" if problem else "Deploying"
+    return [ready_cond, progressing, degraded, scheduled], phase, replicas, ready
+
+
+def transitions(
+    previous: Sequence[Mapping[str, Any]], current: Sequence[Mapping[str, Any]]
+) -> list[Mapping[str, Any]]:
+    """Conditions whose status or reason differs from the previous pass (for Events)."""
+    before = {c.get("type"): (c.get("status"), c.get("reason")) for c in previous}
+    return [c for c in current if before.get(c["type"]) != (c["status"], c["reason"])]
