@@ -112,6 +112,9 @@ def cmd_up(args: argparse.Namespace) -> int:
 def cmd_down(args: argparse.Namespace) -> int:
     """Stop the cluster and wait until no component process or port is left."""
     workdir: Path = args.workdir
+    from e2e.demo import stop_operator
+
+    stop_operator(workdir)
     state = _read_state(workdir) or {}
     pid = _supervisor_pid(workdir)
     if pid is None:
@@ -142,14 +145,10 @@ def cmd_tools(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Show the simulated node pool of the running cluster."""
-    kubectl = str(client_bin_dir() / "kubectl")
-    kubeconfig = str(args.workdir / "kubeconfig")
-    columns = "nvidia.com/gpu.product,nvidia.com/gpu.count,kubernetes.io/arch"
-    for argv in (["version"], ["get", "nodes", "-L", columns]):
-        print(f"$ kubectl {' '.join(argv)}", flush=True)
-        subprocess.run([kubectl, "--kubeconfig", kubeconfig, *argv], check=True)
-    return 0
+    """Run the operator on the running cluster and deploy every example."""
+    from e2e.demo import run_demo
+
+    return run_demo(args.workdir)
 
 
 def main(argv: list[str] | None = None) -> int:

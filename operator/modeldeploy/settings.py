@@ -53,11 +53,13 @@ class OperatorSettings(BaseModel):
             return value
         if not isinstance(value, dict):
             raise ValueError("must be a mapping of planning settings")
-        known = set(OperatorConfig.__dataclass_fields__)
-        unknown = sorted(set(value) - known)
+        # camelCase in YAML like every other key; the dataclass uses snake_case.
+        fields = {to_camel(name): name for name in OperatorConfig.__dataclass_fields__}
+        unknown = sorted(set(value) - set(fields))
         if unknown:
-            raise ValueError(f"unknown keys {unknown}; allowed: {sorted(known)}")
-        return TypeAdapter(OperatorConfig).validate_python(value)
+            raise ValueError(f"unknown keys {unknown}; allowed: {sorted(fields)}")
+        snake = {fields[key]: item for key, item in value.items()}
+        return TypeAdapter(OperatorConfig).validate_python(snake)
 
 
 def load_settings(path: Path | None, overrides: dict[str, Any]) -> OperatorSettings:

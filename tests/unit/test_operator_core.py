@@ -1,0 +1,318 @@
+"""The operator's pure parts: drift detection, status, settings, and one reconcile pass.
+
+A reconcile pass is exercised here with ``RecordingWriter``, a stand-in for the API
+server writer, only for what the real API server cannot produce: a spec the CRD would
+have refused (the e2e tests cover every other path against the real server).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from modeldeploy.apply import needs_apply
+from modeldeploy.config import OperatorConfig
+from modeldeploy.reconcile import ClusterView, reconcile
+from modeldeploy.settings import SettingsError, load_settings
+from modeldeploy.status import Observed, Refusal, compute_status, transitions
+
+REPO = Path(__file__).resolve().parents[2]
+NOW, LATER = "2026-01-01T00:00:00Z", "2026-01-01T00:05:00Z"
+
+
+@pytest.mark.parametrize(
+    ("desired", "live", "expected"),
+    [
+        ({"a": 1}, {"a": 1, "b": 2}, False),  # fields others own are ignored
+        ({"a": 1}, {"a": 2}, True),
+        ({"a": {"b": [1, 2]}}, {"a": {"b": [1, 2]}}, False),
+        ({"a": [1, 2]}, {"a": [2, 1]}, True),  # atomic lists keep their order
+        ({"m": "1024Mi"}, {"m": "1Gi"}, False),  # the server canonicalises quantities
+        ({"c": "0.5"}, {"c": "500m"}, False),
+        ({"m": "1Gi"}, {"m": "2Gi"}, True),
+        ({"x": "text"}, {"x": "other"}, True),
+        (  # an injected sidecar does not count as drift
+            {"containers": [{"name": "main", "image": "a"}]},
+            {"containers": [{"name": "main", "image": "a"}, {"name": "proxy", "image": "p"}]},
+            False,
+        ),
+        (
+            {"containers": [{"name": "main", "image": "a"}]},
+            {"containers": [{"name": "main", "image": "b"}, {"name": "proxy", "image": "p"}]},
+            True,
+        ),
+        ({"a": 1}, None, True),
+    ],
+)
+def test_needs_apply_compares_only_what_the_operator_renders(
+    desired: dict[str, Any], live: dict[str, Any] | None, expected: bool
+) -> None:
+    assert needs_apply(desired, live) is expected
+
+
+def deployment(
+    desired: int, ready: int, updated: int | None = None, stale: bool = False
+) -> dict[str, Any]:
+    """A Deployment as the API server reports it."""
+    return {
+        "metadata": {"generation": 2},
+        "status": {
+            "observedGeneration": 1 if stale else 2,
+            "replicas": desired,
+            "readyReplicas": ready,
+            "updatedReplicas": desired if updated is None else updated,
+        },
+    }
+
+
+def status_for(
+    outcome: Refusal | dict[str, Any],
+    observed: Observed,
+    desired: int = 1,
+    previous: dict[str, Any] | None = None,
+    now: str = NOW,
+) -> dict[str, Any]:
+    """compute_status with the fixed fields filled in."""
+    return compute_status(
+        generation=3,
+        outcome=outcome,
+        observed=observed,
+        desired_replicas=desired,
+        selector="modeldeploy.io/model-deployment=x",
+        endpoint="http://x.ns.svc:8000/v1",
+        previous=previous or {},
+        now=now,
+    )
+
+
+def conditions(status: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    """type -> (status, reason)."""
+    return {c["type"]: (c["status"], c["reason"]) for c in status["conditions"]}
+
+
+DECISION = {"engine": "llamacpp", "accelerator": "cpu", "reason": "fits", "memory": {"x": 1}}
+
+
+def test_a_rolled_out_deployment_is_ready_and_extra_decision_fields_are_dropped() -> None:
+    status = status_for(DECISION, Observed(deployment(1, 1)))
+    assert status["phase"] == "Ready"
+    assert conditions(status) == {
+        "Ready": ("True", "Available"),
+        "Progressing": ("False", "RolloutComplete"),
+        "Degraded": ("False", "AsExpected"),
+        "Scheduled": ("True", "Planned"),
+    }
+    assert status["decision"] == {"engine": "llamacpp", "accelerator": "cpu", "reason": "fits"}
+    assert all(c["observedGeneration"] == 3 for c in status["conditions"])
+    assert status["readyReplicas"] == 1 and status["observedGeneration"] == 3
+
+
+@pytest.mark.parametrize(
+    ("observed", "phase", "ready_reason"),
+    [
+        (Observed(None), "Deploying", "Deploying"),
+        (Observed(deployment(2, 1)), "Deploying", "RollingOut"),
+        (Observed(deployment(1, 1, stale=True)), "Deploying", "RollingOut"),
+        (Observed(deployment(1, 1, updated=0)), "Deploying", "RollingOut"),
+    ],
+)
+def test_a_rollout_in_flight_is_progressing(
+    observed: Observed, phase: str, ready_reason: str
+) -> None:
+    status = status_for(DECISION, observed, desired=2 if observed.deployment else 1)
+    assert status["phase"] == phase
+    assert conditions(status)["Ready"] == ("False", ready_reason)
+    assert conditions(status)["Progressing"][0] == "True"
+
+
+@pytest.mark.parametrize(
+    ("pod_status", "reason"),
+    [
+        (
+            {
+                "conditions": [
+                    {
+                        "type": "PodScheduled",
+                        "status": "False",
+                        "reason": "Unschedulable",
+                        "message": "0/7 nodes are available",
+                    }
+                ]
+            },
+            "PodUnschedulable",
+        ),
+        (
+            {
+                "containerStatuses": [
+                    {
+                        "name": "llamacpp",
+                        "state": {
+                            "waiting": {
+                                "reason": "ImagePullBackOff",
+                                "message": "pull access denied",
+                            }
+                        },
+                    }
+                ]
+            },
+            "ImagePullBackOff",
+        ),
+        (
+            {
+                "initContainerStatuses": [
+                    {"name": "fetch", "state": {"waiting": {"reason": "CrashLoopBackOff"}}}
+                ]
+            },
+            "CrashLoopBackOff",
+        ),
+    ],
+)
+def test_stuck_pods_surface_as_degraded_with_the_underlying_reason(
+    pod_status: dict[str, Any], reason: str
+) -> None:
+    pod = {"metadata": {"name": "p"}, "status": pod_status}
+    status = status_for(DECISION, Observed(deployment(1, 0), [pod]))
+    assert status["phase"] == "Degraded"
+    assert conditions(status)["Degraded"] == ("True", reason)
+    assert conditions(status)["Ready"] == ("False", reason)
+    degraded = next(c for c in status["conditions"] if c["type"] == "Degraded")
+    assert "pod p" in degraded["message"]
+
+
+def test_refusals_say_why_and_set_the_phase() -> None:
+    invalid = status_for(Refusal("InvalidSpec", "spec.x: bad"), Observed(None))
+    assert invalid["phase"] == "Failed"
+    assert conditions(invalid)["Scheduled"] == ("False", "InvalidSpec")
+    no_fit = status_for(Refusal("NoFittingHardware", "needs 90 GiB"), Observed(None))
+    assert no_fit["phase"] == "Pending"
+    assert conditions(no_fit)["Ready"] == ("False", "NoFittingHardware")
+    assert "decision" not in no_fit and "endpoint" not in no_fit
+
+
+def test_unchanged_conditions_keep_their_transition_time_so_the_status_is_identical() -> None:
+    first = status_for(DECISION, Observed(deployment(1, 1)), now=NOW)
+    again = status_for(DECISION, Observed(deployment(1, 1)), previous=first, now=LATER)
+    assert again == first
+    degraded = status_for(
+        DECISION,
+        Observed(
+            deployment(1, 0),
+            [
+                {
+                    "metadata": {"name": "p"},
+                    "status": {
+                        "containerStatuses": [
+                            {"name": "c", "state": {"waiting": {"reason": "CrashLoopBackOff"}}}
+                        ]
+                    },
+                }
+            ],
+        ),
+        previous=first,
+        now=LATER,
+    )
+    times = {c["type"]: c["lastTransitionTime"] for c in degraded["conditions"]}
+    assert times["Scheduled"] == NOW and times["Degraded"] == LATER
+    changed = {c["type"] for c in transitions(first["conditions"], degraded["conditions"])}
+    assert changed == {"Ready", "Progressing", "Degraded"}
+
+
+def test_settings_are_camel_case_validated_and_overridden(tmp_path: Path) -> None:
+    path = tmp_path / "settings.yaml"
+    path.write_text("resyncSeconds: 30\nplanning:\n  llamacppImage: example.com/l:1\n")
+    settings = load_settings(path, {"metricsPort": 0, "namespaces": None})
+    assert settings.resync_seconds == 30 and settings.metrics_port == 0
+    assert settings.planning.llamacpp_image == "example.com/l:1"
+    path.write_text("planning:\n  bogus: 1\n")
+    with pytest.raises(SettingsError, match=r"planning .*unknown keys \['bogus'\]"):
+        load_settings(path, {})
+    with pytest.raises(SettingsError, match="resyncSeconds"):
+        load_settings(None, {"resyncSeconds": 0})
+
+
+class RecordingWriter:
+    """Stand-in for ``apply.Writer``: records calls instead of sending them."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, Any]] = []
+        self.applied: list[dict[str, Any]] = []
+
+    def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
+        self.calls.append(("apply", f"{obj['kind']}/{obj['metadata']['name']}"))
+        self.applied.append(obj)
+        return obj
+
+    def delete(self, kind: str, namespace: str, name: str, uid: str | None = None) -> None:
+        self.calls.append(("delete", f"{kind}/{name}"))
+
+    def apply_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        self.calls.append(("status", status))
+
+    def event(self, md: Any, event_type: str, reason: str, message: str, action: str) -> None:
+        self.calls.append(("event", (event_type, reason)))
+
+
+def pool() -> list[dict[str, Any]]:
+    """The simulated node pool."""
+    with (REPO / "e2e" / "cluster" / "nodes.yaml").open() as f:
+        return [n for n in yaml.safe_load_all(f) if n]
+
+
+def example_md() -> dict[str, Any]:
+    """The CPU example as the API server would hand it over."""
+    md: dict[str, Any] = yaml.safe_load((REPO / "examples" / "gemma-270m-cpu.yaml").read_text())
+    md["metadata"].update(namespace="ns", uid="uid-1", generation=1)
+    return md
+
+
+def test_an_invalid_spec_writes_conditions_and_one_event_and_no_children() -> None:
+    md = example_md()
+    md["spec"]["model"]["quantization"] = "Q9_NOPE"  # the CRD's enum would refuse this
+    writer = RecordingWriter()
+    result = reconcile(md, ClusterView(pool()), writer, OperatorConfig(), now=NOW)  # type: ignore[arg-type]
+    assert result.result == "invalid" and result.phase == "Failed"
+    kinds = [kind for kind, _ in writer.calls]
+    assert kinds == ["status", "event"]
+    assert writer.calls[1][1] == ("Warning", "InvalidSpec")
+    # The next pass sees its own status: nothing to write, nothing to post.
+    md["status"] = writer.calls[0][1]
+    again = RecordingWriter()
+    reconcile(md, ClusterView(pool()), again, OperatorConfig(), now=LATER)  # type: ignore[arg-type]
+    assert again.calls == []
+
+
+def test_a_first_pass_applies_children_in_order_then_a_settled_pass_writes_nothing() -> None:
+    md = example_md()
+    writer = RecordingWriter()
+    reconcile(md, ClusterView(pool()), writer, OperatorConfig(), now=NOW)  # type: ignore[arg-type]
+    applied = [what for kind, what in writer.calls if kind == "apply"]
+    assert applied == [
+        "PersistentVolumeClaim/gemma-270m-cpu-model-cache",
+        "Deployment/gemma-270m-cpu",
+        "Service/gemma-270m-cpu",
+    ]
+    md["status"] = next(what for kind, what in writer.calls if kind == "status")
+    assert md["status"]["phase"] == "Deploying"
+
+    # The watches now hold what was applied, and the Deployment has rolled out.
+    children = [dict(obj) for obj in writer.applied]
+    for child in children:
+        if child["kind"] == "Deployment":
+            child["metadata"] = {**child["metadata"], "generation": 1}
+            child["status"] = {
+                "observedGeneration": 1,
+                "replicas": 1,
+                "readyReplicas": 1,
+                "updatedReplicas": 1,
+            }
+    ready = RecordingWriter()
+    reconcile(md, ClusterView(pool(), children), ready, OperatorConfig(), now=LATER)  # type: ignore[arg-type]
+    assert [kind for kind, _ in ready.calls] == ["status", "event"]  # Ready, and its Event
+    md["status"] = ready.calls[0][1]
+    assert md["status"]["phase"] == "Ready"
+    idle = RecordingWriter()
+    reconcile(md, ClusterView(pool(), children), idle, OperatorConfig(), now=LATER)  # type: ignore[arg-type]
+    assert idle.calls == []
