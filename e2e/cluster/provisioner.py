@@ -55,12 +55,12 @@ class LocalPathProvisioner:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                self._sync_once()
+                self._sync_all()
                 stream = watch.Watch().stream(
                     self.core.list_persistent_volume_claim_for_all_namespaces, timeout_seconds=2
                 )
-                for _ in stream:
-                    self._sync_once()
+                for event in stream:
+                    self._sync_claim(event["type"], event["object"])
                     if self._stop.is_set():
                         break
             except Exception:  # the API server may be stopping; retry until told to stop
@@ -68,21 +68,23 @@ class LocalPathProvisioner:
                     return
                 log.exception("provisioner pass failed; retrying")
 
-    def _sync_once(self) -> None:
+    def _sync_all(self) -> None:
         claims = self.core.list_persistent_volume_claim_for_all_namespaces().items
-        volumes = self.core.list_persistent_volume().items
-        bound_uids = {pv.spec.claim_ref.uid for pv in volumes if pv.spec.claim_ref}
         for claim in claims:
-            if claim.spec.storage_class_name != STORAGE_CLASS:
-                continue
-            if claim.metadata.deletion_timestamp or claim.metadata.uid in bound_uids:
-                continue
-            self._provision(claim)
+            self._sync_claim("ADDED", claim)
         live = {c.metadata.uid for c in claims}
-        for pv in volumes:
+        for pv in self.core.list_persistent_volume().items:
             ours = (pv.metadata.annotations or {}).get("pv.kubernetes.io/provisioned-by")
             if ours == PROVISIONER and pv.spec.claim_ref and pv.spec.claim_ref.uid not in live:
-                self._delete(pv)
+                self._delete(pv.metadata.name)
+
+    def _sync_claim(self, event_type: str, claim: Any) -> None:
+        if claim.spec.storage_class_name != STORAGE_CLASS:
+            return
+        if event_type == "DELETED":
+            self._delete(f"pvc-{claim.metadata.uid}")
+        elif not claim.spec.volume_name and not claim.metadata.deletion_timestamp:
+            self._provision(claim)
 
     def _provision(self, claim: Any) -> None:
         meta = claim.metadata
@@ -113,7 +115,7 @@ class LocalPathProvisioner:
             if error.status != 409:
                 raise
 
-    def _delete(self, pv: Any) -> None:
+    def _delete(self, name: str) -> None:
         with contextlib.suppress(client.ApiException):
-            self.core.delete_persistent_volume(pv.metadata.name)
-        shutil.rmtree(self.root / pv.metadata.name, ignore_errors=True)
+            self.core.delete_persistent_volume(name)
+        shutil.rmtree(self.root / name, ignore_errors=True)

@@ -52,6 +52,10 @@ class State:
     pending: set[Key] = field(default_factory=set)
     phases: dict[Key, str] = field(default_factory=dict)
     node_facts: dict[str, Any] = field(default_factory=dict)
+    seen: set[Key] = field(default_factory=set)
+    # The status this process last computed per object uid: the watch may not have
+    # delivered our own write yet when the next pass starts, and only we write status.
+    statuses: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def _snapshot(body: Mapping[str, Any]) -> dict[str, Any]:
@@ -220,6 +224,9 @@ async def reconcile_key(key: Key, state: State, kwargs: Mapping[str, Any]) -> No
         if not found or found[0]["metadata"].get("deletionTimestamp"):
             return
         md, view = found[0], _view(key, indexes)
+        uid = md["metadata"].get("uid", "")
+        if uid in state.statuses:
+            md = {**md, "status": state.statuses[uid]}
         assert state.writer is not None
         started = time.monotonic()
         try:
@@ -236,6 +243,7 @@ async def reconcile_key(key: Key, state: State, kwargs: Mapping[str, Any]) -> No
             raise
         else:
             RECONCILES.labels(result=result.result).inc()
+            state.statuses[uid] = result.status
             state.phases[key] = result.phase
             set_phase_counts(state.phases.values())
             if result.writes:
@@ -290,28 +298,41 @@ def _report_forbidden(md: Mapping[str, Any], message: str, state: State) -> None
 # -- triggers --------------------------------------------------------------------------
 
 
-@kopf.on.resume(*MD)
-@kopf.on.create(*MD)
-@kopf.on.update(*MD)
-async def model_deployment_changed(
-    namespace: str | None, name: str, memo: kopf.Memo, **kwargs: Any
+@kopf.on.event(*MD)
+async def model_deployment_event(
+    event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **kwargs: Any
 ) -> None:
-    """A ModelDeployment appeared or its spec, labels or annotations changed."""
-    await reconcile_key((namespace or "", name), memo.state, kwargs)
+    """A ModelDeployment appeared, changed or went away.
+
+    Level-triggered on ``metadata.generation``: a pass runs when the spec is newer than the
+    status says it has observed, or the first time this process sees the object (resume);
+    the events our own status writes cause are skipped. Labels and annotations carry no
+    planning input, so their changes wait for the next resync.
+    """
+    state: State = memo.state
+    meta = body["metadata"]
+    key = (meta.get("namespace") or "", meta["name"])
+    if event["type"] == "DELETED":
+        state.statuses.pop(meta.get("uid", ""), None)
+        state.phases.pop(key, None)
+        state.locks.pop(key, None)
+        state.seen.discard(key)
+        set_phase_counts(state.phases.values())
+        return
+    observed = (body.get("status") or {}).get("observedGeneration")
+    if key in state.seen and observed == meta.get("generation"):
+        return
+    state.seen.add(key)
+    try:
+        await reconcile_key(key, state, kwargs)
+    except Exception:
+        state.seen.discard(key)  # the next event of this object retries the pass
+        raise
 
 
 async def resync(namespace: str | None, name: str, memo: kopf.Memo, **kwargs: Any) -> None:
     """The periodic drift check (registered as a timer by ``register_resync``)."""
     await reconcile_key((namespace or "", name), memo.state, kwargs)
-
-
-@kopf.on.delete(*MD)
-def model_deployment_deleted(namespace: str | None, name: str, memo: kopf.Memo, **_: Any) -> None:
-    """Forget a deleted ModelDeployment; its children go by garbage collection."""
-    state: State = memo.state
-    state.phases.pop((namespace or "", name), None)
-    state.locks.pop((namespace or "", name), None)
-    set_phase_counts(state.phases.values())
 
 
 @kopf.on.event("nodes")

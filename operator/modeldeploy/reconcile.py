@@ -47,6 +47,7 @@ class PassResult:
     writes: int = 0
     applied: list[str] = field(default_factory=list)
     pruned: list[str] = field(default_factory=list)
+    status: dict[str, Any] = field(default_factory=dict)  # as computed (and stored)
 
 
 def _key(obj: Mapping[str, Any]) -> tuple[str, str]:
@@ -145,6 +146,7 @@ def reconcile(
         now=now or _now(),
     )
     result.phase = status["phase"]
+    result.status = status
     if result.result == "progressing":
         degraded = any(
             c["type"] == "Degraded" and c["status"] == "True" for c in status["conditions"]

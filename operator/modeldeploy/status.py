@@ -103,7 +103,12 @@ def pod_problem(pods: Sequence[Mapping[str, Any]]) -> tuple[str, str] | None:
         status = pod.get("status", {})
         for cond in status.get("conditions") or []:
             if cond.get("type") == "PodScheduled" and cond.get("reason") == "Unschedulable":
-                return "PodUnschedulable", f"pod {name}: {cond.get('message', '')}".strip()
+                message = str(cond.get("message", ""))
+                # kube-scheduler waits for a claim that is still being provisioned: normal
+                # start-up, not a fault (volumebinding plugin's "unbound immediate" reason).
+                if "unbound immediate PersistentVolumeClaims" in message:
+                    continue
+                return "PodUnschedulable", f"pod {name}: {message}".strip()
         for key in ("initContainerStatuses", "containerStatuses"):
             for container in status.get(key) or []:
                 waiting = (container.get("state") or {}).get("waiting") or {}

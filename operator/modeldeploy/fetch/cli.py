@@ -1,0 +1,172 @@
+"""``modeldeploy fetch``: the init container's entry point (and local mode's first step).
+
+Exit status 0 after a verified publish (or a complete cache entry); otherwise the status
+of the FetchError class (3 digest mismatch, 4 missing file or no matching quantization,
+5 credential denied, 6 source changed, 7 transfer failed, 8 lock lost, 2 bad arguments)
+with one ``modeldeploy fetch: error: ...`` line on stderr. Either way a short JSON result
+goes to ``--termination-log`` (Kubernetes shows at most 4096 bytes of it in the pod's
+status, where the operator reads it). Credentials come only from the environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from modeldeploy.fetch.credentials import RedactingFilter, redact, secret_values
+from modeldeploy.fetch.download import DownloadOptions
+from modeldeploy.fetch.errors import FetchError
+from modeldeploy.fetch.fetcher import FetchOptions, fetch
+from modeldeploy.fetch.provenance import termination_message
+from modeldeploy.fetch.request import FetchRequest
+
+log = logging.getLogger("modeldeploy.fetch")
+_QUIET_LOGGERS = ("httpx", "httpcore", "botocore", "boto3", "urllib3", "huggingface_hub", "google")
+
+
+def add_fetch_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``fetch`` on an argparse subparsers object; sets ``handler`` to ``run``."""
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "fetch",
+        help="download, verify and cache a model artifact",
+        description="Resolve a model source to exact files, download them with resume and "
+        "parallel ranges, verify sha256 and publish them atomically into the cache.",
+    )
+    configure_parser(parser)
+    parser.set_defaults(handler=run)
+    return parser
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    """Add the fetch options to ``parser``."""
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--source", help="hf://, s3://, gs://, https://, oci:// or pvc:// URI")
+    what.add_argument(
+        "-f",
+        "--file-spec",
+        dest="spec",
+        metavar="MODEL.yaml",
+        help="take spec.model from a ModelDeployment YAML file",
+    )
+    parser.add_argument("--revision", help="revision to fetch (commit, tag, digest, ETag set)")
+    parser.add_argument("--format", default=None, choices=["auto", "gguf", "safetensors"])
+    parser.add_argument("--quantization", default=None, help="e.g. Q4_K_M (case-insensitive)")
+    parser.add_argument(
+        "--file",
+        dest="files",
+        action="append",
+        default=None,
+        metavar="GLOB",
+        help="fetch the files matching GLOB instead of choosing by quantization",
+    )
+    parser.add_argument(
+        "--digest",
+        dest="digests",
+        action="append",
+        default=None,
+        metavar="FILE=SHA256",
+        help="pin a file's sha256 (repeatable)",
+    )
+    parser.add_argument("--cache", required=True, type=Path, help="cache root directory")
+    parser.add_argument(
+        "--termination-log",
+        type=Path,
+        default=None,
+        help="where to write the JSON result (e.g. /dev/termination-log)",
+    )
+    parser.add_argument("--connections", type=int, default=4, help="parallel range requests")
+    parser.add_argument("--chunk-mib", type=int, default=8, help="range size in MiB")
+    parser.add_argument("--progress-interval", type=float, default=10.0, metavar="SECONDS")
+    parser.add_argument(
+        "--lock-stale-after",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="treat a cache lock whose heartbeat stopped this long as stale",
+    )
+
+
+def _request(args: argparse.Namespace) -> FetchRequest:
+    if args.spec:
+        import yaml
+
+        from modeldeploy.api import parse_model_deployment
+
+        with open(args.spec, encoding="utf-8") as handle:
+            document = yaml.safe_load(handle)
+        base = FetchRequest.from_model(parse_model_deployment(document).spec.model)
+    else:
+        base = FetchRequest(source=args.source)
+    digests = dict(base.digests)
+    for item in args.digests or []:
+        name, sep, value = item.partition("=")
+        if not sep or len(value) != 64 or any(c not in "0123456789abcdefABCDEF" for c in value):
+            raise FetchError(f"--digest {item!r}: expected FILE=SHA256 (64 hex characters)")
+        digests[name] = value.lower()
+    return FetchRequest(
+        source=base.source,
+        revision=args.revision or base.revision,
+        format=args.format or base.format,
+        quantization=args.quantization or base.quantization,
+        files=tuple(args.files) if args.files else base.files,
+        digests=digests,
+    )
+
+
+def _write_termination(path: Path | None, payload: dict[str, Any], secrets: list[str]) -> None:
+    if path is None:
+        return
+    try:
+        path.write_text(redact(termination_message(payload), secrets))
+    except OSError as error:
+        log.warning("could not write the termination message to %s: %s", path, error)
+
+
+def setup_logging(secrets: list[str]) -> None:
+    """Log to stderr, one line per event, with every credential value redacted."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    handler.addFilter(RedactingFilter(secrets))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    for name in _QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run a parsed ``fetch`` command and return the exit status."""
+    secrets = secret_values(os.environ)
+    setup_logging(secrets)
+    try:
+        request = _request(args)
+        options = FetchOptions(
+            download=DownloadOptions(
+                connections=max(1, args.connections), chunk_size=max(1, args.chunk_mib) << 20
+            ),
+            progress_interval=args.progress_interval,
+            lock_stale_after=args.lock_stale_after,
+            lock_heartbeat=max(0.05, min(5.0, args.lock_stale_after / 6)),
+        )
+        result = fetch(request, args.cache, options=options)
+    except FetchError as error:
+        line = redact(str(error), secrets)
+        print(f"modeldeploy fetch: error: {line}", file=sys.stderr)
+        _write_termination(args.termination_log, {"error": line, "reason": error.reason}, secrets)
+        return error.exit_code
+    summary = result.summary()
+    _write_termination(args.termination_log, summary, secrets)
+    print(redact(json.dumps(summary), secrets))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m modeldeploy.fetch``: the same command without the ``modeldeploy`` wrapper."""
+    parser = argparse.ArgumentParser(prog="modeldeploy fetch")
+    configure_parser(parser)
+    return run(parser.parse_args(argv))

@@ -1,0 +1,56 @@
+"""What a fetch asks for: the fields of ``spec.model`` that decide which bytes are served.
+
+Kept free of heavy imports: the warm-cache path of ``modeldeploy fetch`` needs only this,
+``uri`` and ``cache``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from modeldeploy.fetch.cache import selection_id
+from modeldeploy.fetch.uri import SourceURI, parse_source
+
+if TYPE_CHECKING:
+    from modeldeploy.api import ModelSource
+
+
+@dataclass(frozen=True)
+class FetchRequest:
+    """What to fetch: the fields of ``spec.model`` that decide the bytes."""
+
+    source: str
+    revision: str | None = None
+    format: str = "auto"
+    quantization: str = "auto"
+    files: tuple[str, ...] = ()
+    digests: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_model(cls, model: ModelSource, revision: str | None = None) -> FetchRequest:
+        """The request for a ``spec.model`` (``revision`` overrides it, e.g. the resolved one)."""
+        return cls(
+            source=model.source,
+            revision=revision or model.revision,
+            format=model.format,
+            quantization=model.quantization,
+            files=tuple(model.files),
+            digests=dict(model.digests),
+        )
+
+    @property
+    def uri(self) -> SourceURI:
+        """The parsed source."""
+        return parse_source(self.source)
+
+    @property
+    def requested_revision(self) -> str | None:
+        """The revision asked for: ``revision``, else the one in the URI (``@rev``, ``:tag``)."""
+        return self.revision or self.uri.reference
+
+    @property
+    def selection(self) -> str:
+        """The cache's id for what this request selects from a revision."""
+        return selection_id(self.format, self.quantization, self.files)

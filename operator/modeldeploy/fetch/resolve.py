@@ -1,0 +1,177 @@
+"""Resolution: a source, revision, format and quantization -> one revision and exact files.
+
+The operator calls ``resolve_model`` before it plans (to size from the real architecture
+and record ``status.artifact``); the fetcher calls ``resolve`` and then downloads exactly
+the revision it returned. Pinned digests are checked against what the source publishes
+here, so a source that now serves other bytes is refused before anything is transferred.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+from modeldeploy.fetch.artifact import ArtifactFile, Resolution, derive_revision, pin_mismatches
+from modeldeploy.fetch.download import (
+    HttpLocation,
+    RetryableError,
+    is_transient_status,
+    retry_call,
+    status_error,
+)
+from modeldeploy.fetch.errors import (
+    DigestMismatchError,
+    FetchError,
+    MissingFileError,
+    SourceChangedError,
+)
+from modeldeploy.fetch.gguf_header import read_architecture
+from modeldeploy.fetch.request import FetchRequest
+from modeldeploy.fetch.select import select_files
+from modeldeploy.fetch.sources import open_source
+from modeldeploy.fetch.sources.base import LocalLocation, Source
+from modeldeploy.fetch.uri import SourceURI
+
+if TYPE_CHECKING:
+    from modeldeploy.api import ModelSource
+
+__all__ = ["FetchRequest", "read_range", "resolve", "resolve_model"]
+
+log = logging.getLogger(__name__)
+
+
+def read_range(
+    source: Source, revision: str, file: ArtifactFile, offset: int, length: int
+) -> bytes:
+    """Read ``length`` bytes at ``offset`` of a file of ``source`` (one Range request)."""
+    location = source.location(revision, file)
+    if isinstance(location, LocalLocation):
+        with location.path.open("rb") as handle:
+            handle.seek(offset)
+            return handle.read(length)
+    assert isinstance(location, HttpLocation)
+
+    def get() -> bytes:
+        headers = {**location.headers, "Range": f"bytes={offset}-{offset + length - 1}"}
+        response = source.client.get(location.url, headers=headers)
+        if is_transient_status(response.status_code):
+            raise RetryableError(f"HTTP {response.status_code}")
+        if response.status_code == 200:
+            return response.content[offset : offset + length]
+        if response.status_code != 206:
+            raise status_error(response.status_code, file.name)
+        return response.content
+
+    return retry_call(get, what=file.name, options=source.options)
+
+
+def resolve(
+    request: FetchRequest,
+    *,
+    env: Mapping[str, str] | None = None,
+    source: Source | None = None,
+    read_metadata: bool = True,
+) -> Resolution:
+    """Resolve a request to one immutable revision and its exact files (see module docstring)."""
+    env = os.environ if env is None else env
+    uri = request.uri
+    own = source is None
+    source = source or open_source(uri, env)
+    try:
+        return _resolve(request, uri, source, read_metadata)
+    finally:
+        if own:
+            source.close()
+
+
+def _resolve(
+    request: FetchRequest, uri: SourceURI, source: Source, read_metadata: bool
+) -> Resolution:
+    wanted = request.requested_revision
+    listing = source.list(wanted, hints=request.files)
+    selection = select_files(
+        listing.names(),
+        source=uri.canonical,
+        format=request.format,
+        quantization=request.quantization,
+        globs=request.files,
+    )
+    by_name = {f.name: f for f in listing.files}
+    files = source.enrich([by_name[name] for name in selection.files])
+    revision = listing.revision or derive_revision(listing.derived_kind, files)
+    if listing.revision is None and wanted is not None and wanted != revision:
+        raise SourceChangedError(
+            f"{uri.canonical}: the source no longer serves revision {wanted}; it is now {revision}"
+        )
+    chosen = {f.name for f in files}
+    stray = sorted(set(request.digests) - chosen)
+    if stray:
+        raise MissingFileError(
+            f"{uri.canonical}: digests pin {', '.join(stray)}, which "
+            f"{'is' if len(stray) == 1 else 'are'} not among the selected files "
+            f"({', '.join(sorted(chosen))})"
+        )
+    problems = pin_mismatches(files, request.digests)
+    if problems:
+        raise DigestMismatchError(f"{uri.canonical}@{revision}: {'; '.join(problems)}")
+    files = tuple(
+        replace(f, sha256=f.sha256 or request.digests.get(f.name, "").lower() or None)
+        for f in files
+    )
+    resolution = Resolution(
+        source=uri.canonical,
+        revision=revision,
+        format=selection.format,
+        quantization=selection.quantization,
+        files=files,
+        license=listing.license,
+        available_quantizations=selection.available_quantizations,
+    )
+    if read_metadata:
+        try:
+            architecture = read_architecture(
+                lambda f, offset, length: read_range(source, revision, f, offset, length),
+                selection.format,
+                files,
+            )
+        except (FetchError, ValueError, KeyError) as error:
+            log.warning("%s: could not read the model's architecture: %s", uri.canonical, error)
+            architecture = None
+        resolution = replace(resolution, architecture=architecture)
+    return resolution
+
+
+# Non-secret settings the operator passes on from its own environment: endpoints, regions.
+SETTINGS_VARS = (
+    "HF_ENDPOINT",
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "STORAGE_EMULATOR_HOST",
+    "MODELDEPLOY_OCI_PLAIN_HTTP",
+)
+AMBIENT_CREDENTIALS_VAR = "MODELDEPLOY_AMBIENT_CREDENTIALS"
+
+
+def resolve_model(
+    model: ModelSource,
+    *,
+    credentials: Mapping[str, str] | None = None,
+    settings: Mapping[str, str] | None = None,
+    read_metadata: bool = True,
+) -> Resolution:
+    """Resolve ``spec.model`` for the operator, before planning.
+
+    ``credentials`` is the data of ``spec.model.credentialsSecret`` (keys as env names:
+    HF_TOKEN, AWS_ACCESS_KEY_ID, ...). ``settings`` defaults to the operator's own
+    endpoint settings (``SETTINGS_VARS``). The operator's own cloud identity is never used
+    for a user's source: without credentials, access is anonymous.
+    """
+    if settings is None:
+        settings = {k: v for k, v in os.environ.items() if k in SETTINGS_VARS}
+    env = {**settings, **(credentials or {}), AMBIENT_CREDENTIALS_VAR: "false"}
+    return resolve(FetchRequest.from_model(model), env=env, read_metadata=read_metadata)
