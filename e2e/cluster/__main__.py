@@ -113,7 +113,9 @@ def cmd_down(args: argparse.Namespace) -> int:
     """Stop the cluster and wait until no component process or port is left."""
     workdir: Path = args.workdir
     from e2e.demo import stop_operator
+    from e2e.podrunner import stop_background
 
+    stop_background(workdir)  # the demo's pod runner: its model pods stop gracefully first
     stop_operator(workdir)
     state = _read_state(workdir) or {}
     pid = _supervisor_pid(workdir)

@@ -12,6 +12,7 @@ from typing import Any, TextIO
 import yaml
 
 from modeldeploy import __version__
+from modeldeploy.fetch.cli import add_fetch_parser
 from modeldeploy.serve.cli import add_serve_parsers
 
 EXIT_OK = 0
@@ -35,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_estimate(commands)
     _add_run(commands)
     add_serve_parsers(commands)
+    add_fetch_parser(commands)
     return parser
 
 

@@ -16,7 +16,10 @@ from modeldeploy import __version__
 class OperatorConfig:
     """Settings for planning and rendering; every field has a working default."""
 
+    # runtime-images/: llamacpp/Dockerfile (portable CPU), llamacpp/Dockerfile.cuda, vllm/,
+    # operator/ (the operator and the fetcher init container).
     llamacpp_image: str = f"ghcr.io/modeldeploy/llamacpp:{__version__}"
+    llamacpp_gpu_image: str = f"ghcr.io/modeldeploy/llamacpp:{__version__}-cuda"
     vllm_image: str = f"ghcr.io/modeldeploy/vllm:{__version__}"
     operator_image: str = f"ghcr.io/modeldeploy/operator:{__version__}"
     image_pull_policy: str = "IfNotPresent"
@@ -44,9 +47,11 @@ class OperatorConfig:
     service_type: str = "ClusterIP"
     termination_grace_period_seconds: int = 60
 
-    def image_for(self, engine: str) -> str:
-        """The runtime image of an engine."""
-        return self.vllm_image if engine == "vllm" else self.llamacpp_image
+    def image_for(self, engine: str, gpu: bool = False) -> str:
+        """The runtime image of an engine (llama.cpp's CUDA build for GPU placements)."""
+        if engine == "vllm":
+            return self.vllm_image
+        return self.llamacpp_gpu_image if gpu else self.llamacpp_image
 
     def architectures_for(self, engine: str) -> tuple[str, ...]:
         """The CPU architectures an engine's image runs on."""

@@ -19,7 +19,7 @@ import math
 from typing import Any
 
 from modeldeploy.api import GROUP_VERSION, KIND, ModelDeployment
-from modeldeploy.catalog import Engine
+from modeldeploy.catalog import Accelerator, Engine
 from modeldeploy.config import OperatorConfig
 from modeldeploy.hardware import Placement
 from modeldeploy.runtimes import (
@@ -182,7 +182,7 @@ def render_container(
         mounts.append({"name": "shm", "mountPath": "/dev/shm"})
     return {
         "name": engine,
-        "image": config.image_for(engine),
+        "image": config.image_for(engine, gpu=placement.accelerator is Accelerator.GPU),
         "imagePullPolicy": config.image_pull_policy,
         "command": launcher_command(engine),
         "args": runtime.engine_args(placement, md.served_name, list(md.spec.serving.args), config),

@@ -1,10 +1,17 @@
-"""vLLM: ``vllm serve`` flags and environment from a placement."""
+"""vLLM: ``vllm serve`` flags and environment from a placement, and its command line."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 from modeldeploy.catalog import vllm_quantization_argument
 from modeldeploy.config import OperatorConfig
 from modeldeploy.hardware import Placement
+from modeldeploy.runtimes import has_flag
+
+BINARY = "vllm"
+# Prometheus gauges (labelled per engine and model) of running and queued requests.
+BUSY_GAUGES = ("vllm:num_requests_running", "vllm:num_requests_waiting")
 
 # Unquantized checkpoints are served in the dtype the spec names.
 _DTYPES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32"}
@@ -15,8 +22,6 @@ def engine_args(
 ) -> list[str]:
     """Flags for ``vllm serve <model dir>``; the user's args come last and win."""
     args = [
-        "--host",
-        "0.0.0.0",
         "--port",
         str(config.port),
         "--served-model-name",
@@ -48,3 +53,11 @@ def engine_env() -> list[dict[str, str]]:
         {"name": "DO_NOT_TRACK", "value": "1"},
         {"name": "VLLM_CACHE_ROOT", "value": "/tmp/vllm"},
     ]
+
+
+def launch_argv(binary: str, model_dir: str, args: Sequence[str], *, host: str) -> list[str]:
+    """``vllm serve MODEL_DIR [--host HOST] ARGS`` (the rendered flags, the user's last)."""
+    argv = [binary, "serve", model_dir]
+    if not has_flag(args, "--host"):
+        argv += ["--host", host]
+    return argv + list(args)

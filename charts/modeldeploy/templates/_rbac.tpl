@@ -1,0 +1,66 @@
+{{/* RBAC rules for cluster-scoped resources (a ClusterRole in every mode). */}}
+{{- define "modeldeploy.clusterRules" -}}
+# Planning: the node pool (GPU Feature Discovery / Node Feature Discovery labels,
+# allocatable resources, taints), watched into an in-memory index.
+- apiGroups: [""]
+  resources: [nodes]
+  verbs: [list, watch]
+# Kopf: notice CRDs created after the operator started (the ModelDeployment CRD and the
+# peering CRDs of a fresh install), without a restart. Kopf falls back to its start-up
+# scan without it.
+- apiGroups: [apiextensions.k8s.io]
+  resources: [customresourcedefinitions]
+  verbs: [list, watch]
+{{- if gt (len .Values.watchNamespaces) 0 }}
+# Kopf, serving a list of namespaces: check which of them exist (without it, Kopf retries
+# the refused list for about a minute at every start before it serves anything).
+- apiGroups: [""]
+  resources: [namespaces]
+  verbs: [list, watch]
+{{- end }}
+{{- end }}
+
+{{/* RBAC rules for the namespaced resources the operator watches and writes: one rule per
+purpose, so that each can be shown to be needed on its own (tests/e2e/test_chart_rbac.py). */}}
+{{- define "modeldeploy.namespacedRules" -}}
+# The custom resource: watched (Kopf lists, then watches) ...
+- apiGroups: [modeldeploy.io]
+  resources: [modeldeployments]
+  verbs: [list, watch]
+# ... and patched by Kopf: its finalizer and its modeldeploy.io/ annotations.
+- apiGroups: [modeldeploy.io]
+  resources: [modeldeployments]
+  verbs: [patch]
+# Status: server-side apply of conditions, phase, decision, replicas, endpoint.
+- apiGroups: [modeldeploy.io]
+  resources: [modeldeployments/status]
+  verbs: [patch]
+# Children carry a controller ownerReference with blockOwnerDeletion; where the
+# OwnerReferencesPermissionEnforcement admission plugin runs (OpenShift, hardened
+# clusters), setting it needs update on the owner's finalizers subresource.
+- apiGroups: [modeldeploy.io]
+  resources: [modeldeployments/finalizers]
+  verbs: [update]
+{{- range $child := list (list "apps" "deployments") (list "" "services") (list "" "persistentvolumeclaims") }}
+# {{ index $child 1 }} of ModelDeployments: watched; server-side applied (an apply
+# that creates the object needs create as well as patch); pruned when no longer rendered.
+- apiGroups: [{{ index $child 0 | quote }}]
+  resources: [{{ index $child 1 }}]
+  verbs: [list, watch]
+- apiGroups: [{{ index $child 0 | quote }}]
+  resources: [{{ index $child 1 }}]
+  verbs: [create, patch]
+- apiGroups: [{{ index $child 0 | quote }}]
+  resources: [{{ index $child 1 }}]
+  verbs: [delete]
+{{- end }}
+# Pods of the managed Deployments: read-only, for status (unschedulable, image pull and
+# crash-loop problems).
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [list, watch]
+# Events about decisions and failures (kubectl describe mdep).
+- apiGroups: [""]
+  resources: [events]
+  verbs: [create]
+{{- end }}

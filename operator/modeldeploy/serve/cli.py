@@ -1,0 +1,107 @@
+"""Registration of ``modeldeploy serve`` and ``modeldeploy serve-runtime`` on the CLI.
+
+Kept free of heavy imports: the handlers import the serving modules when they run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+EXIT_INVALID = 2
+EXIT_INTERRUPTED = 130
+
+
+def add_serve_parsers(commands: Any) -> None:
+    """Register ``serve`` and ``serve-runtime`` on an argparse subparsers object."""
+    serve = commands.add_parser(
+        "serve",
+        help="fetch a ModelDeployment's model and serve it on this machine",
+        description=(
+            "Serve the model of a ModelDeployment on this machine: fetch it into a local "
+            "cache, plan against this machine's CPU, memory and GPUs (refusing what it "
+            "cannot run), start the engine the operator would deploy, print the OpenAI "
+            "base URL once it is ready, and serve until Ctrl-C."
+        ),
+    )
+    serve.add_argument("-f", "--filename", required=True, help="ModelDeployment YAML ('-': stdin)")
+    serve.add_argument("--cache", type=Path, help="model cache (~/.cache/modeldeploy/models)")
+    serve.add_argument("--port", type=int, default=8000, help="port to serve on (default 8000)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    serve.add_argument(
+        "--pvc-root",
+        type=Path,
+        help="directory standing for mounted claims: pvc://CLAIM/PATH is PVC_ROOT/CLAIM/PATH",
+    )
+    serve.set_defaults(handler=run_serve)
+
+    runtime = commands.add_parser(
+        "serve-runtime",
+        help="run an engine for a rendered pod (the runtime container's command)",
+        description=(
+            "Start an engine with the model from the cache (MODELDEPLOY_* environment), bound "
+            "to POD_IP, and supervise it: SIGTERM drains in-flight requests, then stops it."
+        ),
+    )
+    runtime.add_argument(
+        "--print-argv", action="store_true", help="print the engine command line and exit"
+    )
+    runtime.add_argument("engine", choices=("llamacpp", "vllm"))
+    runtime.add_argument("engine_args", nargs=argparse.REMAINDER, help="-- ENGINE_ARGS")
+    runtime.set_defaults(handler=run_serve_runtime)
+
+
+def _logging() -> None:
+    from modeldeploy.fetch.cli import setup_logging
+    from modeldeploy.fetch.credentials import secret_values
+
+    setup_logging(secret_values(os.environ))
+
+
+def run_serve_runtime(args: argparse.Namespace) -> int:
+    """``modeldeploy serve-runtime``: start and supervise the engine."""
+    from modeldeploy.serve.launcher import LaunchError, plan_launch, serve_runtime
+
+    engine_args = list(args.engine_args)
+    if engine_args[:1] == ["--"]:
+        engine_args = engine_args[1:]
+    _logging()
+    try:
+        if args.print_argv:
+            print(shlex.join(plan_launch(args.engine, engine_args, os.environ).argv))
+            return 0
+        return serve_runtime(args.engine, engine_args)
+    except LaunchError as error:
+        print(f"modeldeploy serve-runtime: error: {error}", file=sys.stderr)
+        return EXIT_INVALID
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    """``modeldeploy serve``: fetch, plan here, serve until interrupted."""
+    from modeldeploy.api import SpecError, parse_model_deployment
+    from modeldeploy.cli import CliError, load_model_deployment
+    from modeldeploy.serve.launcher import LaunchError
+    from modeldeploy.serve.local import LocalServeError, default_cache, serve_local
+
+    _logging()
+    logging.getLogger("modeldeploy").setLevel(logging.INFO)
+    if args.pvc_root is not None:
+        os.environ["MODELDEPLOY_PVC_ROOT"] = str(args.pvc_root.resolve())
+    try:
+        md = parse_model_deployment(load_model_deployment(args.filename))
+        if not md.name:
+            raise CliError(f"{args.filename}: metadata.name is required")
+        return serve_local(
+            md, cache=(args.cache or default_cache()).resolve(), host=args.host, port=args.port
+        )
+    except (CliError, SpecError, LocalServeError, LaunchError) as error:
+        print(f"modeldeploy serve: error: {error}", file=sys.stderr)
+        return EXIT_INVALID
+    except KeyboardInterrupt:  # before the engine started (during the fetch): just stop
+        print("modeldeploy serve: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED

@@ -1,0 +1,165 @@
+"""``modeldeploy serve -f model.yaml``: serve a ModelDeployment's model on this machine.
+
+The same path a pod takes, run here: the spec is validated, planned against this machine
+(``machine.local_node``) and refused if it cannot run here; the fetcher brings the artifact
+into a local cache; the planner runs again with the real architecture; the renderer
+produces the container the operator would deploy, and its command runs through the same
+launcher (``launcher.serve_runtime``) with the cache, the model path and the bind address
+of this machine. When ``/health`` answers, the OpenAI base URL is printed on stdout (one
+line, for scripts); everything else goes to stderr. Ctrl-C drains and stops.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from modeldeploy.api import ModelDeployment
+from modeldeploy.config import OperatorConfig
+from modeldeploy.hardware import Placement, PlacementRefusal, plan_placement
+from modeldeploy.render import render_container
+from modeldeploy.runtimes import POD_IP_ENV, llamacpp
+from modeldeploy.serve.launcher import Launch, LaunchError, engine_binary, serve_runtime
+from modeldeploy.serve.machine import local_node
+from modeldeploy.serve.model import read_gguf_info
+from modeldeploy.sizing import ModelArchitecture, load_hf_config
+
+log = logging.getLogger(__name__)
+
+# Pod-only settings the local process does not take from the rendered container.
+_POD_ONLY_ENV = {"HOME"}
+
+
+class LocalServeError(Exception):
+    """This machine cannot serve the spec, or a step before serving failed."""
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """Everything needed to start the engine here."""
+
+    placement: Placement
+    engine: str
+    args: list[str]
+    env: dict[str, str]
+    model_path: Path
+
+
+def default_cache() -> Path:
+    """``$XDG_CACHE_HOME/modeldeploy/models`` (``~/.cache/modeldeploy/models``)."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "modeldeploy" / "models"
+
+
+def _plan_here(
+    md: ModelDeployment,
+    node: dict[str, Any],
+    config: OperatorConfig,
+    artifact: ModelArchitecture | None,
+) -> Placement | None:
+    """Plan on this machine; None when the size is only known from the artifact."""
+    try:
+        return plan_placement(md.spec, [node], config, artifact)
+    except PlacementRefusal as refusal:
+        if artifact is None and refusal.field_path == "spec.model.parameters":
+            return None
+        raise LocalServeError(f"this machine cannot serve {md.name}: {refusal}") from None
+
+
+def _artifact(placement_format: str, path: Path) -> ModelArchitecture | None:
+    if placement_format == "gguf":
+        return read_gguf_info(path).architecture
+    config_json = path / "config.json"
+    return load_hf_config(config_json) if config_json.exists() else None
+
+
+def prepare(
+    md: ModelDeployment,
+    *,
+    cache: Path,
+    host: str,
+    port: int,
+    env: dict[str, str],
+    node: dict[str, Any] | None = None,
+) -> Prepared:
+    """Plan here, check the engine exists, fetch, re-plan with the artifact, render."""
+    from modeldeploy.fetch import FetchError, FetchRequest, fetch
+
+    config = OperatorConfig(port=port)
+    node = node or local_node()
+    first = _plan_here(md, node, config, None)
+    if first is not None:
+        try:
+            engine_binary(str(first.engine), env)
+        except LaunchError as error:
+            raise LocalServeError(str(error)) from None
+    try:
+        result = fetch(FetchRequest.from_model(md.spec.model), cache, env=env)
+    except FetchError as error:
+        raise LocalServeError(f"fetch failed: {error}") from None
+    names = [f.name for f in result.files]
+    if first is not None:
+        fmt = str(first.format)
+    else:
+        fmt = "gguf" if any(n.lower().endswith(".gguf") for n in names) else "safetensors"
+    model_path = result.path / llamacpp.first_shard(names) if fmt == "gguf" else result.path
+    placement = _plan_here(md, node, config, _artifact(fmt, model_path))
+    assert placement is not None
+    engine = str(placement.engine)
+    try:
+        engine_binary(engine, env)
+    except LaunchError as error:
+        raise LocalServeError(str(error)) from None
+    container = render_container(md, placement, config)
+    user_env = {variable.name for variable in md.spec.serving.env}
+    run_env = dict(env)
+    for variable in container["env"]:
+        name = variable["name"]
+        if "value" in variable and (name not in _POD_ONLY_ENV or name in user_env):
+            run_env[name] = variable["value"]
+    run_env.update(
+        {
+            "MODELDEPLOY_CACHE_DIR": str(cache),
+            "MODELDEPLOY_MODEL_PATH": str(model_path),
+            POD_IP_ENV: host,
+        }
+    )
+    return Prepared(placement, engine, list(container["args"]), run_env, model_path)
+
+
+def serve_local(md: ModelDeployment, *, cache: Path, host: str, port: int) -> int:
+    """Fetch, plan and serve ``md`` here until interrupted; return the exit status."""
+    prepared = prepare(md, cache=cache, host=host, port=port, env=dict(os.environ))
+    decision = prepared.placement.decision()
+    log.info(
+        "%s: %s %s on %s (%s); %s",
+        md.name,
+        decision["engine"],
+        decision["quantization"],
+        decision["hardwareClass"],
+        prepared.model_path,
+        decision["reason"],
+    )
+
+    def ready(launch: Launch) -> None:
+        base = launch.endpoint.url("/v1")
+        body = (
+            '{"model": "' + md.served_name + '", "messages": '
+            '[{"role": "user", "content": "Hello"}]}'
+        )
+        print(base, flush=True)
+        print(
+            f"modeldeploy serve: {md.served_name} is ready at {base} (OpenAI-compatible)\n"
+            f"  try: curl {base}/chat/completions -H 'Content-Type: application/json' "
+            f"-d {shlex.quote(body)}\n"
+            "  Ctrl-C stops it; requests in flight finish first",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    return serve_runtime(prepared.engine, prepared.args, prepared.env, on_ready=ready)

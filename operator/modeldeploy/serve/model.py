@@ -1,0 +1,192 @@
+"""Finding the model the fetcher published, and the GGUF facts the launcher needs.
+
+The fetcher (``modeldeploy.fetch``) publishes each selection under
+``<cache>/<source key>/<revision>/`` with a completion marker and a provenance record
+listing its files. The launcher never writes the cache: it takes ``MODELDEPLOY_MODEL_PATH``
+when the pod names the path outright, else it picks the complete selection of the source
+that matches the revision, format and quantization it was given (the newest if several do).
+"""
+
+from __future__ import annotations
+
+import json
+import mmap
+import os
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from modeldeploy.fetch.artifact import ArtifactFile
+from modeldeploy.fetch.cache import META_DIR, CacheEntry, source_key
+from modeldeploy.fetch.errors import FetchError
+from modeldeploy.fetch.gguf_header import gguf_architecture, read_gguf_header
+from modeldeploy.fetch.uri import parse_source
+from modeldeploy.runtimes import llamacpp
+from modeldeploy.sizing import ModelArchitecture
+
+
+class ModelNotFoundError(Exception):
+    """No usable copy of the model: what was looked for and where."""
+
+
+@dataclass(frozen=True)
+class PublishedModel:
+    """A complete selection in the cache: its directory and file names."""
+
+    path: Path
+    files: tuple[str, ...]
+    revision: str
+
+
+# GGUF metadata keys are length-prefixed strings followed by the value's type (8: string).
+_GGUF_STRING = 8
+MAX_GGUF_HEADER = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ChatFacts:
+    """What the launcher needs from a GGUF to choose a chat template."""
+
+    architecture: str | None
+    has_chat_template: bool
+
+
+@dataclass(frozen=True)
+class GgufInfo:
+    """What the launcher reads from a GGUF header."""
+
+    architecture: ModelArchitecture
+    has_chat_template: bool
+
+
+def find_published(
+    cache_root: Path,
+    source: str,
+    *,
+    revision: str | None = None,
+    format: str | None = None,
+    quantization: str | None = None,
+) -> PublishedModel:
+    """The newest complete selection of ``source`` that matches, or ModelNotFoundError."""
+    try:
+        canonical = parse_source(source).canonical
+    except FetchError as error:
+        raise ModelNotFoundError(str(error)) from None
+    key_dir = cache_root / source_key(canonical)
+    candidates: list[tuple[str, PublishedModel]] = []
+    for marker in sorted(key_dir.glob(f"*/{META_DIR}/complete-*")):
+        selection = marker.name.removeprefix("complete-")
+        record = _read_json(marker.parent / f"provenance-{selection}.json")
+        resolved = str(record.get("resolvedRevision") or "")
+        entry = CacheEntry(cache_root, canonical, resolved)
+        if not resolved or entry.path != marker.parent.parent or entry.lookup(selection) is None:
+            continue
+        if revision and revision not in (resolved, record.get("requestedRevision")):
+            continue
+        if format and format != "auto" and record.get("format") not in (None, format):
+            continue
+        recorded = record.get("quantization")
+        wanted_quantization = quantization and quantization != "auto"
+        if wanted_quantization and recorded and str(recorded).upper() != str(quantization).upper():
+            continue
+        names = tuple(str(f["name"]) for f in record.get("files", []))
+        finished = str(record.get("finishedAt") or "")
+        candidates.append((finished, PublishedModel(entry.path, names, resolved)))
+    if not candidates:
+        wanted = ", ".join(
+            f"{k} {v}"
+            for k, v in (("revision", revision), ("format", format), ("quantization", quantization))
+            if v and v != "auto"
+        )
+        raise ModelNotFoundError(
+            f"no complete copy of {source}{f' ({wanted})' if wanted else ''} in {cache_root}: "
+            "the fetch (the pod's init container, or `modeldeploy fetch`) must run first"
+        )
+    return max(candidates, key=lambda item: item[0])[1]
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def model_location(env: Mapping[str, str], engine: str) -> Path:
+    """The path to serve: a GGUF file (its first shard) for llama.cpp, a directory for vLLM."""
+    explicit = env.get("MODELDEPLOY_MODEL_PATH")
+    if explicit:
+        path = Path(explicit)
+        if not path.exists():
+            raise ModelNotFoundError(f"MODELDEPLOY_MODEL_PATH {path} does not exist")
+        if engine == "llamacpp" and path.is_dir():
+            return path / _first_shard([p.name for p in path.iterdir() if p.is_file()], path)
+        return path
+    source = env.get("MODELDEPLOY_MODEL_SOURCE")
+    cache = env.get("MODELDEPLOY_CACHE_DIR")
+    if not source or not cache:
+        raise ModelNotFoundError(
+            "set MODELDEPLOY_MODEL_PATH, or MODELDEPLOY_MODEL_SOURCE and MODELDEPLOY_CACHE_DIR"
+        )
+    published = find_published(
+        Path(cache),
+        source,
+        revision=env.get("MODELDEPLOY_MODEL_REVISION"),
+        format=env.get("MODELDEPLOY_MODEL_FORMAT"),
+        quantization=env.get("MODELDEPLOY_QUANTIZATION"),
+    )
+    if engine == "llamacpp":
+        return published.path / _first_shard(list(published.files), published.path)
+    return published.path
+
+
+def _first_shard(names: list[str], where: Path) -> str:
+    try:
+        return llamacpp.first_shard(names)
+    except ValueError as error:
+        raise ModelNotFoundError(f"{where}: {error}") from None
+
+
+def _key(name: str) -> bytes:
+    return struct.pack("<Q", len(name)) + name.encode() + struct.pack("<I", _GGUF_STRING)
+
+
+def read_chat_facts(path: Path) -> ChatFacts:
+    """``general.architecture`` and whether ``tokenizer.chat_template`` is set, found fast.
+
+    A full header parse walks every token string of the vocabulary (seconds for a 256k
+    vocabulary in Python); these two string keys are found by their encoded form instead,
+    within the header's bound, which takes milliseconds.
+    """
+    with path.open("rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        if mm[:4] != b"GGUF":
+            raise ValueError(f"{path} is not a GGUF file")
+        limit = min(len(mm), MAX_GGUF_HEADER)
+        architecture = None
+        key = _key("general.architecture")
+        at = mm.find(key, 0, limit)
+        if at >= 0:
+            start = at + len(key)
+            (length,) = struct.unpack_from("<Q", mm, start)
+            architecture = mm[start + 8 : start + 8 + min(length, 256)].decode(errors="replace")
+        has_template = mm.find(_key("tokenizer.chat_template"), 0, limit) >= 0
+    return ChatFacts(architecture, has_template)
+
+
+def read_gguf_info(path: Path) -> GgufInfo:
+    """Architecture and chat-template presence from a local GGUF file's header only."""
+    size = path.stat().st_size
+    with path.open("rb") as handle:
+        fd = handle.fileno()
+
+        def read(_: ArtifactFile, offset: int, length: int) -> bytes:
+            return os.pread(fd, length, offset)
+
+        header = read_gguf_header(read, ArtifactFile(path.name, size))
+    return GgufInfo(
+        architecture=gguf_architecture(header, size),
+        has_chat_template=bool(header.value("tokenizer.chat_template")),
+    )

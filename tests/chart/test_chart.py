@@ -1,0 +1,450 @@
+"""The Helm chart, offline: lint, render, Kubernetes schemas, CRD identity, operator settings.
+
+Every test renders the chart with the project's own helm (``helm template``, no cluster)
+and checks the result: ``helm lint``, the rendered objects of several value sets against
+the Kubernetes OpenAPI schemas of the oldest and the newest supported version (bundled by
+the pinned ``kubernetes-validate``, strict: unknown fields fail), the CRDs against
+``crds/`` byte for byte, the settings ConfigMap against the operator's own settings model,
+and the values schema against bad input. The security scan (checkov) runs in
+``make chart-check`` from its own virtual environment.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import tempfile
+from collections.abc import Mapping
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+from e2e.chart import CHART, helm_template
+from e2e.cluster.local import REPO
+from e2e.cluster.tools import client_bin_dir
+from pydantic.alias_generators import to_camel
+
+from modeldeploy.config import OperatorConfig
+from modeldeploy.metrics import (
+    API_WRITES,
+    LAST_ERROR,
+    MODEL_DEPLOYMENTS,
+    RECONCILE_SECONDS,
+    RECONCILES,
+)
+from modeldeploy.settings import load_settings
+
+CRDS = REPO / "crds"
+CHART_CRDS = CHART / "files" / "crds"
+KEEP = {"helm.sh/resource-policy": "keep"}
+# The chart's kubeVersion floor and the local cluster's version.
+KUBERNETES_VERSIONS = ("1.29.0", "1.34.0")
+# Kinds whose schema is not Kubernetes' own: checked against their CRD below, or (the
+# Prometheus Operator's ServiceMonitor, whose CRD is not vendored here) by shape only.
+CUSTOM_KINDS = {"ClusterKopfPeering", "KopfPeering", "ServiceMonitor"}
+
+# Value sets every offline check runs on (ci/*-values.yaml; `make chart-check` scans the same).
+VALUE_SETS: dict[str, dict[str, Any]] = {
+    path.name.removesuffix("-values.yaml"): yaml.safe_load(path.read_text()) or {}
+    for path in sorted((CHART / "ci").glob("*-values.yaml"))
+}
+
+
+def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run the project's helm."""
+    return subprocess.run(
+        [str(client_bin_dir() / "helm"), *args], capture_output=True, text=True, check=check
+    )
+
+
+def render(values: Mapping[str, Any] | None = None, **kwargs: Any) -> list[dict[str, Any]]:
+    """The chart's objects for ``values``."""
+    return helm_template(values, **kwargs)
+
+
+def only(objects: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[str, Any]:
+    """The one object of ``kind`` (and ``name``)."""
+    found = [o for o in objects if o["kind"] == kind and name in (None, o["metadata"]["name"])]
+    assert len(found) == 1, [(o["kind"], o["metadata"]["name"]) for o in objects]
+    return found[0]
+
+
+def settings_of(objects: list[dict[str, Any]]) -> Any:
+    """The operator settings the chart's ConfigMap holds, as the operator loads them."""
+    text = only(objects, "ConfigMap", "modeldeploy")["data"]["config.yaml"]
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml") as file:
+        file.write(text)
+        file.flush()
+        return load_settings(Path(file.name), {})
+
+
+# -- lint and schemas ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(VALUE_SETS))
+def test_helm_lint_passes_strict(name: str, tmp_path: Path) -> None:
+    values = tmp_path / "values.yaml"
+    values.write_text(yaml.safe_dump(VALUE_SETS[name]))
+    result = helm("lint", "--strict", str(CHART), "--values", str(values), check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "0 chart(s) failed" in result.stdout
+
+
+@pytest.mark.parametrize("name", sorted(VALUE_SETS))
+def test_rendered_objects_match_the_kubernetes_schemas(name: str) -> None:
+    objects = render(VALUE_SETS[name])
+    assert objects
+    peering_crds = {
+        doc["spec"]["names"]["kind"]: doc
+        for doc in yaml.safe_load_all((CRDS / "kopf-peering.yaml").read_text())
+        if doc
+    }
+    for obj in objects:
+        where = f"{obj['kind']}/{obj['metadata']['name']}"
+        if obj["kind"] in CUSTOM_KINDS:
+            if obj["kind"] in peering_crds:
+                schema = peering_crds[obj["kind"]]["spec"]["versions"][0]["schema"]
+                jsonschema.validate(obj, schema["openAPIV3Schema"])
+            assert obj["apiVersion"] in ("kopf.dev/v1", "monitoring.coreos.com/v1"), where
+            continue
+        for version in KUBERNETES_VERSIONS:
+            try:
+                kubernetes_validate.validate(obj, version, strict=True)
+            except kubernetes_validate.ValidationError as error:
+                pytest.fail(f"{name}: {where} is invalid for Kubernetes {version}: {error}")
+
+
+def test_the_schemas_catch_a_wrong_field() -> None:
+    # The validation above can fail: a misspelt field in a Deployment is refused.
+    deployment = only(render(), "Deployment")
+    deployment["spec"]["template"]["spec"]["containers"][0]["imagePullPolcy"] = "Always"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deployment, KUBERNETES_VERSIONS[0], strict=True)
+
+
+@pytest.mark.parametrize(
+    ("values", "complaint"),
+    [
+        ({"replicaCount": 2}, "replicaCount"),
+        ({"unknownKey": True}, "unknownKey"),
+        ({"planning": {"llamacppimage": "x"}}, "llamacppimage"),
+        ({"config": {"logFormat": "yaml"}}, "logFormat"),
+        ({"watchNamespaces": ["Not_A_Namespace"]}, "watchNamespaces"),
+        ({"image": {"digest": "latest"}}, "digest"),
+        ({"planning": {"gpuMemoryUtilization": 1.5}}, "gpuMemoryUtilization"),
+    ],
+)
+def test_values_schema_refuses_bad_values(values: dict[str, Any], complaint: str) -> None:
+    with pytest.raises(RuntimeError, match=complaint):
+        render(values)
+
+
+def test_every_value_is_documented_in_values_yaml_and_the_schema() -> None:
+    lines = (CHART / "values.yaml").read_text().splitlines()
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    key = re.compile(r"^(\s*)([A-Za-z][A-Za-z0-9]*):(.*)$")
+    undocumented, checked = [], 0
+    path: list[tuple[int, str]] = []
+    for number, line in enumerate(lines):
+        match = key.match(line)
+        if not match:
+            continue
+        indent, name, rest = len(match[1]), match[2], match[3].strip()
+        path = [(i, n) for i, n in path if i < indent] + [(indent, name)]
+        node: dict[str, Any] | None = schema
+        for _, part in path:
+            node = (node or {}).get("properties", {}).get(part)
+            if node is None:
+                break  # inside a free-form value (e.g. podSecurityContext), documented above
+        if node is None:
+            continue
+        dotted = ".".join(n for _, n in path)
+        assert node.get("description"), f"{dotted}: no description in values.schema.json"
+        if rest == "" and "properties" in node:
+            continue  # a group of values: each child is documented itself
+        checked += 1
+        if not lines[number - 1].strip().startswith("#"):
+            undocumented.append(dotted)
+    assert undocumented == []
+    assert checked > 50
+
+
+# -- CRDs ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["modeldeploy.io_modeldeployments.yaml", "kopf-peering.yaml"])
+def test_chart_crds_are_byte_identical_to_crds_dir(name: str) -> None:
+    assert (CHART_CRDS / name).read_bytes() == (CRDS / name).read_bytes(), (
+        f"charts/modeldeploy/files/crds/{name} differs from crds/{name}: "
+        f"cp crds/{name} charts/modeldeploy/files/crds/"
+    )
+
+
+def canonical_crds() -> dict[str, dict[str, Any]]:
+    """The CRDs of crds/, by name."""
+    found = {}
+    for path in sorted(CRDS.glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc:
+                found[doc["metadata"]["name"]] = doc
+    return found
+
+
+@pytest.mark.parametrize("keep", [True, False])
+def test_rendered_crds_are_the_canonical_ones_plus_the_keep_annotation(keep: bool) -> None:
+    rendered = {
+        o["metadata"]["name"]: o
+        for o in render({"crds": {"keep": keep}})
+        if o["kind"] == "CustomResourceDefinition"
+    }
+    canonical = canonical_crds()
+    assert sorted(rendered) == sorted(canonical)
+    for name, crd in rendered.items():
+        annotations = crd["metadata"].pop("annotations", None)
+        assert annotations == (KEEP if keep else None), name
+        assert crd == canonical[name], name
+
+
+def test_crds_follow_crds_enabled_and_peering() -> None:
+    def crd_names(values: dict[str, Any]) -> list[str]:
+        objects = render(values)
+        return sorted(o["metadata"]["name"] for o in objects if o["kind"].endswith("Definition"))
+
+    assert crd_names({"crds": {"enabled": False}}) == []
+    assert crd_names({"peering": {"enabled": False}}) == ["modeldeployments.modeldeploy.io"]
+    assert crd_names({"crds": {"kopfPeering": False}}) == ["modeldeployments.modeldeploy.io"]
+
+
+# -- settings --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(VALUE_SETS))
+def test_settings_configmap_is_accepted_by_the_operator(name: str) -> None:
+    values = VALUE_SETS[name]
+    objects = render(values)
+    settings = settings_of(objects)
+    assert settings.namespaces == values.get("watchNamespaces", [])
+    peering = values.get("peering", {}).get("enabled", True)
+    assert settings.peering == ("modeldeploy" if peering else None)
+    deployment = only(objects, "Deployment")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert (settings.metrics_port, settings.health_port) == (ports["metrics"], ports["health"])
+    assert settings.planning.operator_image == container["image"]
+
+
+def test_chart_planning_defaults_are_the_operators_defaults() -> None:
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    expected = {to_camel(f.name): getattr(OperatorConfig(), f.name) for f in fields(OperatorConfig)}
+    expected = {k: list(v) if isinstance(v, tuple) else v for k, v in expected.items()}
+    # The fetch image defaults to the chart's own operator image, which is the same.
+    assert values["planning"].pop("operatorImage") == ""
+    assert values["planning"] == {k: v for k, v in expected.items() if k != "operatorImage"}
+    assert set(schema["properties"]["planning"]["properties"]) == set(expected)
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert expected["operatorImage"] == f"{values['image']['repository']}:{chart['appVersion']}"
+
+
+def test_config_checksum_rolls_the_operator_only_when_settings_change() -> None:
+    def checksum(values: dict[str, Any]) -> str:
+        deployment = only(render(values), "Deployment")
+        annotation: str = deployment["spec"]["template"]["metadata"]["annotations"][
+            "checksum/config"
+        ]
+        return annotation
+
+    default = checksum({})
+    assert checksum({"config": {"resyncSeconds": 60}}) != default
+    assert checksum({"planning": {"port": 8080}}) != default
+    assert checksum({"resources": {"limits": {"memory": "1Gi"}}}) == default
+
+
+# -- workload --------------------------------------------------------------------------
+
+
+def pod_specs(objects: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The pod specs of the chart: the operator's and the helm test pod's."""
+    specs = {}
+    for obj in objects:
+        if obj["kind"] == "Deployment":
+            specs[obj["metadata"]["name"]] = obj["spec"]["template"]["spec"]
+        elif obj["kind"] == "Pod":
+            specs[obj["metadata"]["name"]] = obj["spec"]
+    return specs
+
+
+def test_pods_meet_the_restricted_pod_security_profile() -> None:
+    # The e2e test has the API server's PodSecurity admission check it for real; this
+    # pins the settings that matter so a values change cannot drop one unnoticed.
+    specs = pod_specs(render())
+    assert sorted(specs) == ["modeldeploy", "modeldeploy-test-metrics"]
+    for name, spec in specs.items():
+        pod = spec["securityContext"]
+        assert pod["runAsNonRoot"] is True and pod["runAsUser"] == 65532, name
+        assert pod["seccompProfile"] == {"type": "RuntimeDefault"}, name
+        for container in spec["containers"]:
+            sc = container["securityContext"]
+            assert sc["allowPrivilegeEscalation"] is False, name
+            assert sc["readOnlyRootFilesystem"] is True, name
+            assert sc["capabilities"] == {"drop": ["ALL"]}, name
+            assert container["resources"]["limits"]["memory"], name
+
+
+def test_operator_deployment_runs_one_operator_with_probes() -> None:
+    deployment = only(render(), "Deployment")
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert container["command"] + container["args"] == [
+        "modeldeploy", "run", "--config", "/etc/modeldeploy/config.yaml",
+    ]  # fmt: skip
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert container[probe]["httpGet"] == {"path": "/healthz", "port": "health"}, probe
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    assert mounts["/etc/modeldeploy"]["readOnly"] is True
+    assert "/tmp" in mounts
+
+
+def test_image_reference_prefers_the_digest() -> None:
+    digest = "sha256:" + "ab" * 32
+    (container,) = only(render({"image": {"digest": digest, "tag": "9.9.9"}}), "Deployment")[
+        "spec"
+    ]["template"]["spec"]["containers"]
+    assert container["image"] == f"ghcr.io/modeldeploy/operator@{digest}"
+    (container,) = only(render({"image": {"tag": "9.9.9"}}), "Deployment")["spec"]["template"][
+        "spec"
+    ]["containers"]
+    assert container["image"] == "ghcr.io/modeldeploy/operator:9.9.9"
+
+
+# -- RBAC ------------------------------------------------------------------------------
+
+
+def rule_set(rules: list[dict[str, Any]]) -> set[tuple[str, str, str, tuple[str, ...]]]:
+    """(apiGroup, resource, verb, resourceNames) of every permission in ``rules``."""
+    return {
+        (group, resource, verb, tuple(rule.get("resourceNames", ())))
+        for rule in rules
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+
+
+def test_rbac_grants_no_wildcards_secrets_or_escalation() -> None:
+    for name in sorted(VALUE_SETS):
+        for obj in render(VALUE_SETS[name]):
+            if obj["kind"] not in ("ClusterRole", "Role"):
+                continue
+            for group, resource, verb, _ in rule_set(obj["rules"]):
+                assert "*" not in (group, resource, verb), (name, obj["kind"])
+                assert resource not in ("secrets", "configmaps"), (name, resource)
+                assert verb not in ("escalate", "bind", "impersonate", "deletecollection")
+                assert not (verb == "get" and resource.startswith("pods/")), resource
+
+
+def test_namespaced_mode_uses_roles_in_the_watched_namespaces() -> None:
+    objects = render(VALUE_SETS["namespaced"])
+    default_role = only(render(), "ClusterRole")["rules"]
+    cluster = rule_set(only(objects, "ClusterRole")["rules"])
+    assert {resource for _, resource, _, _ in cluster} == {
+        "nodes", "customresourcedefinitions", "namespaces",
+    }  # fmt: skip
+    roles = [o for o in objects if o["kind"] == "Role"]
+    bindings = [o for o in objects if o["kind"] == "RoleBinding"]
+    assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
+    assert sorted(b["metadata"]["namespace"] for b in bindings) == ["team-a", "team-b"]
+    namespaced = rule_set(roles[0]["rules"])
+    # The same permissions as the cluster-wide ClusterRole, with the namespaced peering.
+    swap = {"clusterkopfpeerings": "kopfpeerings"}
+    expected = {
+        (g, swap.get(r, r), v, n)
+        for g, r, v, n in rule_set(default_role)
+        if r not in ("nodes", "customresourcedefinitions")
+    }
+    assert namespaced == expected
+    peerings = [o for o in objects if o["kind"] == "KopfPeering"]
+    assert sorted(p["metadata"]["namespace"] for p in peerings) == ["team-a", "team-b"]
+
+
+def test_peering_object_is_a_hook_and_its_rbac_follows_peering() -> None:
+    objects = render()
+    peering = only(objects, "ClusterKopfPeering")
+    assert peering["metadata"]["name"] == settings_of(objects).peering
+    hooks = peering["metadata"]["annotations"]
+    assert hooks["helm.sh/hook"] == "post-install,post-upgrade"
+    assert ("kopf.dev", "clusterkopfpeerings", "patch", ("modeldeploy",)) in rule_set(
+        only(objects, "ClusterRole")["rules"]
+    )
+    off = render({"peering": {"enabled": False}})
+    assert not [o for o in off if o["kind"].endswith("KopfPeering")]
+    assert not [p for p in rule_set(only(off, "ClusterRole")["rules"]) if p[0] == "kopf.dev"]
+
+
+# -- dashboards ------------------------------------------------------------------------
+
+EXAMPLE_DASHBOARD = REPO / "examples" / "grafana" / "modeldeploy-dashboard.json"
+OPERATOR_METRICS = {
+    f"{metric._name}{suffix}"
+    for metric, suffixes in (
+        (RECONCILES, ("_total",)),
+        (RECONCILE_SECONDS, ("_bucket", "_count", "_sum")),
+        (MODEL_DEPLOYMENTS, ("",)),
+        (LAST_ERROR, ("",)),
+        (API_WRITES, ("_total",)),
+    )
+    for suffix in suffixes
+}
+# What llama-server (tools/server/server-task.cpp of the vendored llama.cpp) and vLLM
+# (vllm/v1/metrics/loggers.py) export.
+RUNTIME_METRICS = {
+    "llamacpp:requests_processing", "llamacpp:requests_deferred",
+    "llamacpp:tokens_predicted_total", "llamacpp:prompt_tokens_total",
+    "llamacpp:n_busy_slots_per_decode", "llamacpp:predicted_tokens_seconds",
+    "vllm:num_requests_running", "vllm:num_requests_waiting",
+    "vllm:generation_tokens_total", "vllm:prompt_tokens_total",
+    "vllm:time_to_first_token_seconds_bucket", "vllm:e2e_request_latency_seconds_bucket",
+    "vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc",
+}  # fmt: skip
+
+
+def test_dashboard_copy_in_the_chart_is_identical() -> None:
+    chart_copy = CHART / "files" / "dashboards" / "modeldeploy.json"
+    assert chart_copy.read_bytes() == EXAMPLE_DASHBOARD.read_bytes()
+
+
+def test_dashboard_queries_use_only_metrics_that_exist() -> None:
+    dashboard = json.loads(EXAMPLE_DASHBOARD.read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    variables = [v["definition"] for v in dashboard["templating"]["list"] if "definition" in v]
+    names = set()
+    for expr in [*exprs, *variables]:
+        assert expr.count("(") == expr.count(")") and expr.count("{") == expr.count("}"), expr
+        names |= set(re.findall(r"\b((?:modeldeploy_|llamacpp:|vllm:)[a-z0-9_:]+)", expr))
+    assert names <= OPERATOR_METRICS | RUNTIME_METRICS, names - OPERATOR_METRICS - RUNTIME_METRICS
+    # Every operator metric is on the dashboard, and both engines are.
+    assert {n.rsplit("_", 1)[0] if n.endswith(("_bucket", "_total")) else n for n in names} >= {
+        "modeldeploy_reconcile", "modeldeploy_reconcile_duration_seconds",
+        "modeldeploy_model_deployments", "modeldeploy_last_error_timestamp_seconds",
+        "modeldeploy_api_writes",
+    }  # fmt: skip
+    assert any(n.startswith("llamacpp:") for n in names)
+    assert any(n.startswith("vllm:") for n in names)
+    ids = [p["id"] for p in dashboard["panels"]]
+    assert len(ids) == len(set(ids))
+
+
+def test_dashboard_configmap_for_the_grafana_sidecar() -> None:
+    objects = render({"dashboards": {"enabled": True}})
+    configmap = only(objects, "ConfigMap", "modeldeploy-dashboard")
+    assert configmap["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert json.loads(configmap["data"]["modeldeploy.json"]) == json.loads(
+        EXAMPLE_DASHBOARD.read_text()
+    )
+    assert not [o for o in render() if o["metadata"]["name"] == "modeldeploy-dashboard"]

@@ -1,0 +1,183 @@
+"""A model pod that really serves: gemma 270M (GGUF, CPU) through the whole path.
+
+ModelDeployment -> the operator renders it -> kube-scheduler places the pod on a simulated
+CPU node -> the pod runner (``e2e/podrunner.py``) runs the fetch init container (a real
+download from a stand-in https:// mirror on 127.0.0.1, sha256 pinned in
+``spec.model.digests``) and the engine container (``modeldeploy serve-runtime llamacpp``,
+i.e. llama-server) bound to the pod's IP -> ``status`` Ready -> a chat completion against
+the pod IP, counted in ``/metrics`` -> delete -> every process of the pod is gone.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+from e2e.cluster.local import REPO
+from e2e.harness import ClusterHandle, OperatorProcess, wait_until
+from e2e.mirror import ModelMirror
+from e2e.models import GEMMA_FILE, GEMMA_SHA256, ensure_gemma
+from e2e.podrunner import PodRun, PodRunner, descendants, llama_server_dir, pid_alive
+from kubernetes import client
+from prometheus_client.parser import text_string_to_metric_families
+
+GROUP, VERSION, PLURAL = "modeldeploy.io", "v1alpha1", "modeldeployments"
+NAME = "gemma"
+PORT = 8000
+
+
+@pytest.fixture
+def llama_server() -> Path:
+    """The pinned llama-server's directory; the test skips when it is not built."""
+    found = llama_server_dir()
+    if found is None:
+        pytest.skip("llama-server is not built: run `make llama-server` (about 6 minutes)")
+    return found
+
+
+@pytest.fixture
+def mirror() -> Iterator[ModelMirror]:
+    """The gemma GGUF on a stand-in https:// mirror (plain HTTP on 127.0.0.1)."""
+    with ModelMirror({GEMMA_FILE: ensure_gemma()}) as served:
+        yield served
+
+
+def gemma_from(mirror: ModelMirror) -> dict[str, Any]:
+    """The CPU GGUF example, fetched from the mirror with its digest pinned, sized small."""
+    md: dict[str, Any] = yaml.safe_load((REPO / "examples" / "gemma-270m-cpu.yaml").read_text())
+    md["metadata"] = {"name": NAME}
+    md["spec"]["model"].update(mirror.pinned_model(GEMMA_FILE, GEMMA_SHA256), servedName=NAME)
+    small = {"cpu": "2", "memory": "2Gi"}
+    md["spec"]["serving"] = {
+        "contextLength": 1024,
+        "maxConcurrentRequests": 2,
+        "resources": {"requests": small, "limits": small},
+    }
+    return md
+
+
+def metric(text: str, name: str) -> float:
+    """The sum of one metric's samples in Prometheus text (0 when absent)."""
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name
+    )
+
+
+def port_open(host: str, port: int) -> bool:
+    """True when something accepts connections on host:port."""
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.mark.timeout(900)
+def test_gguf_model_is_fetched_served_from_its_pod_ip_and_stopped_with_it(
+    crd_cluster: ClusterHandle, namespace: str, llama_server: Path, mirror: ModelMirror
+) -> None:
+    if crd_cluster.workdir is None:
+        pytest.skip("the pod runner runs pods of the local control plane only")
+    custom = client.CustomObjectsApi(crd_cluster.api_client())
+    core = client.CoreV1Api(crd_cluster.api_client())
+    runner = PodRunner(
+        crd_cluster.kubeconfig,
+        crd_cluster.workdir,
+        namespace=namespace,
+        node_env=mirror.plain_http_env(),
+        path_dirs=[llama_server],
+    )
+    operator = OperatorProcess(crd_cluster.kubeconfig, namespace)
+    with runner:
+        operator.start()
+        try:
+            custom.create_namespaced_custom_object(
+                GROUP, VERSION, namespace, PLURAL, gemma_from(mirror)
+            )
+            selector = f"modeldeploy.io/model-deployment={NAME}"
+
+            def placed() -> client.V1Pod | None:
+                pods = core.list_namespaced_pod(namespace, label_selector=selector).items
+                return pods[0] if len(pods) == 1 and pods[0].status.pod_ip else None
+
+            pod = wait_until(placed, timeout=120, what="the pod to be scheduled with an IP")
+            ip = pod.status.pod_ip
+            assert crd_cluster.in_pod_cidr(ip)
+            base = f"http://{ip}:{PORT}"
+
+            def healthy() -> bool:
+                try:
+                    return httpx.get(f"{base}/health", timeout=2).status_code == 200
+                except httpx.HTTPError:
+                    return False
+
+            # The engine's own /health, not kwok's Ready: fetch, verify, load, serve.
+            wait_until(healthy, timeout=600, what=f"llama-server's /health on {base}")
+            run = runner.run_of(pod.metadata.name)
+            assert run is not None
+            # The init step fetched for real (from the mirror, digest verified) and succeeded.
+            assert run.exits.get("fetch") == [0], run
+            assert mirror.bytes_served >= ensure_gemma().stat().st_size
+
+            ready = crd_cluster.kubectl(
+                "wait", "-n", namespace, "--for=condition=Ready", f"mdep/{NAME}",
+                "--timeout=120s", check=False,
+            )  # fmt: skip
+            assert ready.returncode == 0, ready.stderr + operator.log()[-3000:]
+            pod = core.read_namespaced_pod(pod.metadata.name, namespace)
+            statuses = {c.name: c for c in pod.status.container_statuses}
+            assert statuses["llamacpp"].ready and statuses["llamacpp"].state.running
+
+            before = httpx.get(f"{base}/metrics", timeout=10).text
+            answer = httpx.post(
+                f"{base}/v1/chat/completions",
+                json={
+                    "model": NAME,
+                    "messages": [{"role": "user", "content": "Name a colour of the sky."}],
+                    "max_tokens": 12,
+                    "temperature": 0,
+                },
+                timeout=300,
+            )
+            assert answer.status_code == 200, answer.text
+            body = answer.json()
+            assert body["choices"][0]["message"]["content"].strip()
+            after = httpx.get(f"{base}/metrics", timeout=10).text
+            predicted = body["usage"]["completion_tokens"]
+            assert predicted >= 1
+            delta = metric(after, "llamacpp:tokens_predicted_total") - metric(
+                before, "llamacpp:tokens_predicted_total"
+            )
+            assert delta == predicted
+            prompt = metric(after, "llamacpp:prompt_tokens_total") - metric(
+                before, "llamacpp:prompt_tokens_total"
+            )
+            assert prompt == body["usage"]["prompt_tokens"]
+
+            running: PodRun | None = runner.run_of(pod.metadata.name)
+            assert running is not None and running.pids
+            pids = [p for pid in running.pids.values() for p in (pid, *descendants(pid))]
+            assert len(pids) >= 2, pids  # the launcher and llama-server below it
+
+            custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, NAME)
+            wait_until(
+                lambda: not any(pid_alive(p) for p in pids),
+                timeout=120,
+                what=f"the pod's processes {pids} to exit",
+            )
+            assert not port_open(ip, PORT)
+            wait_until(
+                lambda: (r := runner.run_of(pod.metadata.name)) is not None and r.finished,
+                timeout=30,
+                what="the runner to finish the pod",
+            )
+        finally:
+            operator.stop()
