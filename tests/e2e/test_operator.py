@@ -156,7 +156,8 @@ def test_update_rolls_keeps_foreign_fields_and_restores_drift(
     crd_cluster: ClusterHandle, namespace: str, operator: OperatorProcess
 ) -> None:
     api = Api(crd_cluster, namespace)
-    api.create(gemma("chat"))
+    # Small, so that the rollout's surge pod fits beside the old one on the class's node.
+    api.create(small_gemma("chat"))
     api.wait_ready("chat")
     before = api.deployment("chat")
     old_hash = before.spec.template.metadata.annotations["modeldeploy.io/spec-hash"]

@@ -47,11 +47,11 @@ def mirror() -> Iterator[ModelMirror]:
         yield served
 
 
-def gemma_from(mirror: ModelMirror) -> dict[str, Any]:
-    """The CPU GGUF example, fetched from the mirror with its digest pinned, sized small."""
+def gemma_from(mirror: ModelMirror, name: str = GEMMA_FILE) -> dict[str, Any]:
+    """The CPU GGUF example, fetched from the mirror with a sha256 pinned, sized small."""
     md: dict[str, Any] = yaml.safe_load((REPO / "examples" / "gemma-270m-cpu.yaml").read_text())
     md["metadata"] = {"name": NAME}
-    md["spec"]["model"].update(mirror.pinned_model(GEMMA_FILE, GEMMA_SHA256), servedName=NAME)
+    md["spec"]["model"].update(mirror.pinned_model(name, GEMMA_SHA256), servedName=NAME)
     small = {"cpu": "2", "memory": "2Gi"}
     md["spec"]["serving"] = {
         "contextLength": 1024,
@@ -113,7 +113,17 @@ def test_gguf_model_is_fetched_served_from_its_pod_ip_and_stopped_with_it(
             assert crd_cluster.in_pod_cidr(ip)
             base = f"http://{ip}:{PORT}"
 
+            logs = crd_cluster.workdir / "logs" / "pods"
+
             def healthy() -> bool:
+                # A container that failed (e.g. llama-server could not bind because another
+                # local cluster's pod holds this IP) fails the test now, with its log.
+                run = runner.run_of(pod.metadata.name)
+                for container, codes in (run.exits if run else {}).items():
+                    if codes and (codes[-1] != 0 or container == "llamacpp"):
+                        log = next(logs.glob(f"*_{pod.metadata.name}_{container}.log"))
+                        tail = log.read_text()[-3000:]
+                        raise AssertionError(f"{container} exited {codes}:\n{tail}")
                 try:
                     return httpx.get(f"{base}/health", timeout=2).status_code == 200
                 except httpx.HTTPError:
@@ -122,7 +132,10 @@ def test_gguf_model_is_fetched_served_from_its_pod_ip_and_stopped_with_it(
             # The engine's own /health, not kwok's Ready: fetch, verify, load, serve.
             wait_until(healthy, timeout=600, what=f"llama-server's /health on {base}")
             run = runner.run_of(pod.metadata.name)
-            assert run is not None
+            assert run is not None and "llamacpp" in run.pids
+            # Ours, under the served name (not another local cluster's pod on the same IP).
+            models = httpx.get(f"{base}/v1/models", timeout=10).json()
+            assert [m["id"] for m in models["data"]] == [NAME]
             # The init step fetched for real (from the mirror, digest verified) and succeeded.
             assert run.exits.get("fetch") == [0], run
             assert mirror.bytes_served >= ensure_gemma().stat().st_size
@@ -179,5 +192,52 @@ def test_gguf_model_is_fetched_served_from_its_pod_ip_and_stopped_with_it(
                 timeout=30,
                 what="the runner to finish the pod",
             )
+        finally:
+            operator.stop()
+
+
+@pytest.mark.timeout(600)
+def test_a_fetch_that_fails_verification_is_reported_and_nothing_serves(
+    crd_cluster: ClusterHandle, namespace: str, llama_server: Path, tmp_path: Path
+) -> None:
+    if crd_cluster.workdir is None:
+        pytest.skip("the pod runner runs pods of the local control plane only")
+    tampered = tmp_path / "gemma-3-270m-tampered-Q4_K_M.gguf"
+    tampered.write_bytes(b"GGUF" + bytes(4096))  # not the file whose sha256 is pinned
+    custom = client.CustomObjectsApi(crd_cluster.api_client())
+    with (
+        ModelMirror({tampered.name: tampered}) as mirror,
+        PodRunner(
+            crd_cluster.kubeconfig,
+            crd_cluster.workdir,
+            namespace=namespace,
+            node_env=mirror.plain_http_env(),
+            path_dirs=[llama_server],
+        ) as runner,
+    ):
+        md = gemma_from(mirror, tampered.name)  # gemma's sha256 pinned on another file
+        operator = OperatorProcess(crd_cluster.kubeconfig, namespace).start()
+        try:
+            custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, md)
+
+            def fetch_failed() -> PodRun | None:
+                runs = runner.runs()
+                return runs[0] if runs and runs[0].exits.get("fetch") else None
+
+            run = wait_until(fetch_failed, timeout=120, what="the fetch to fail")
+            assert run.exits["fetch"][0] == 3  # modeldeploy fetch: digest mismatch
+            assert "llamacpp" not in run.pids  # the engine never starts
+
+            def reported() -> dict[str, Any] | None:
+                found: dict[str, Any] = custom.get_namespaced_custom_object(
+                    GROUP, VERSION, namespace, PLURAL, NAME
+                )
+                conditions = found.get("status", {}).get("conditions") or []
+                ready = next((c for c in conditions if c["type"] == "Ready"), None)
+                return ready if ready and ready.get("reason") == "CrashLoopBackOff" else None
+
+            ready = wait_until(reported, timeout=120, what="the failed fetch in status")
+            assert ready["status"] == "False"
+            assert "exited 3" in ready["message"] and "sha256" in ready["message"]
         finally:
             operator.stop()

@@ -9,6 +9,7 @@ default image references.
 
 from __future__ import annotations
 
+import argparse
 import platform
 import re
 import shlex
@@ -126,8 +127,12 @@ def test_entrypoint_is_a_console_script_with_a_real_subcommand(dockerfile: Path)
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
     assert entrypoint == ["modeldeploy"] and "modeldeploy" in scripts
     command = shlex.split(final["CMD"].strip("[]").replace(",", " "))
-    commands = build_parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]
-    assert command[0] in commands
+    subparsers = next(
+        action
+        for action in build_parser()._actions
+        if isinstance(action, argparse._SubParsersAction)
+    )
+    assert command[0] in subparsers.choices
 
 
 @pytest.mark.parametrize(("name", "tag"), sorted(EXPECTED_TAGS.items()))

@@ -316,3 +316,16 @@ def test_a_first_pass_applies_children_in_order_then_a_settled_pass_writes_nothi
     idle = RecordingWriter()
     reconcile(md, ClusterView(pool(), children), idle, OperatorConfig(), now=LATER)  # type: ignore[arg-type]
     assert idle.calls == []
+
+
+def test_a_crash_loop_names_the_last_exit_and_its_termination_message() -> None:
+    container = {
+        "name": "fetch",
+        "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 10s"}},
+        "lastState": {"terminated": {"exitCode": 3, "message": "x.gguf: sha256 mismatch"}},
+    }
+    pod = {"metadata": {"name": "p"}, "status": {"initContainerStatuses": [container]}}
+    status = status_for(DECISION, Observed(deployment(1, 0), [pod]))
+    degraded = next(c for c in status["conditions"] if c["type"] == "Degraded")
+    assert degraded["reason"] == "CrashLoopBackOff"
+    assert "exited 3: x.gguf: sha256 mismatch" in degraded["message"]

@@ -39,13 +39,15 @@ def _container(spec: dict[str, Any]) -> dict[str, Any]:
     return render_container(md, plan_placement(md.spec, POOL, CONFIG), CONFIG)
 
 
-GGUF = {
+GGUF: dict[str, Any] = {
     "model": {"source": "hf://Qwen/Qwen2.5-7B-Instruct-GGUF", "quantization": "Q4_K_M"},
     "hardware": {"accelerator": "cpu"},
     "serving": {"args": ["--temp", "0.7"]},
 }
-AWQ = {"model": {"source": "hf://hugging-quants/Meta-Llama-3.1-70B-Instruct-AWQ-INT4"}}
-BF16 = {"model": {"source": "hf://meta-llama/Llama-3.1-8B-Instruct"}}
+AWQ: dict[str, Any] = {
+    "model": {"source": "hf://hugging-quants/Meta-Llama-3.1-70B-Instruct-AWQ-INT4"}
+}
+BF16: dict[str, Any] = {"model": {"source": "hf://meta-llama/Llama-3.1-8B-Instruct"}}
 
 
 # --- flags --------------------------------------------------------------------------------

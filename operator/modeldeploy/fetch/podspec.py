@@ -1,11 +1,13 @@
-"""Pure helpers for the operator: the fetch init container's arguments and credentials env.
+"""Pure helpers for the operator: the fetch init container, its arguments and credentials env.
 
 Credentials reach the init container only through ``secretKeyRef`` (optional keys, so one
 Secret can serve any scheme); they never appear in arguments, annotations or status.
+``fetch_init_container`` assembles the whole container the renderer puts first in the pod.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from modeldeploy.api import ModelSource
@@ -15,6 +17,9 @@ from modeldeploy.fetch.uri import parse_source
 TERMINATION_LOG = "/dev/termination-log"
 GCS_KEY_FILE = "credentials.json"
 GCS_MOUNT = "/var/run/secrets/modeldeploy/gcs"
+INIT_CONTAINER = "fetch"
+PVC_SOURCE_ROOT = "/mnt/pvc"  # sources.pvc's default MODELDEPLOY_PVC_ROOT
+SOURCE_VOLUME = "model-source"
 
 # Secret keys mapped to env vars for each scheme (the key and the variable share a name).
 SECRET_KEYS: dict[str, tuple[str, ...]] = {
@@ -92,3 +97,63 @@ def fetch_secret_volume(model: ModelSource) -> tuple[dict[str, Any], dict[str, A
 def served_path(cache_dir: str, source: str, revision: str, primary_file: str = "") -> str:
     """The path the engine serves from: the GGUF's first file, or the revision directory."""
     return model_path(cache_dir, parse_source(source).canonical, revision, primary_file)
+
+
+def fetch_init_container(
+    model: ModelSource,
+    *,
+    image: str,
+    cache_mount_path: str,
+    cache_volume: str = "model-cache",
+    tmp_volume: str = "tmp",
+    revision: str | None = None,
+    settings: Mapping[str, str] | None = None,
+    image_pull_policy: str = "IfNotPresent",
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The fetch init container for ``model`` and the extra pod volumes it needs.
+
+    The operator image's ``modeldeploy fetch`` into the shared cache volume, pinned digests
+    verified, its JSON result in the termination message; credentials only through
+    ``secretKeyRef``; ``settings`` are non-secret endpoint variables passed on as values
+    (the operator's own HF_ENDPOINT, AWS_ENDPOINT_URL, ...); a pvc:// source's claim is
+    mounted read-only at ``/mnt/pvc/CLAIM``, a gs:// key file from the Secret.
+    """
+    argv = fetch_command(model, cache_mount_path, revision=revision)
+    mounts: list[dict[str, Any]] = [
+        {"name": tmp_volume, "mountPath": "/tmp"},
+        {"name": cache_volume, "mountPath": cache_mount_path},
+    ]
+    volumes: list[dict[str, Any]] = []
+    secret = fetch_secret_volume(model)
+    if secret is not None:
+        volumes.append(secret[0])
+        mounts.append(secret[1])
+    uri = parse_source(model.source)
+    if uri.scheme == "pvc":
+        claim = {"claimName": uri.authority, "readOnly": True}
+        volumes.append({"name": SOURCE_VOLUME, "persistentVolumeClaim": claim})
+        mount = f"{PVC_SOURCE_ROOT}/{uri.authority}"
+        mounts.append({"name": SOURCE_VOLUME, "mountPath": mount, "readOnly": True})
+    env = [{"name": k, "value": v} for k, v in sorted((settings or {}).items())]
+    container = {
+        "name": INIT_CONTAINER,
+        "image": image,
+        "imagePullPolicy": image_pull_policy,
+        "command": argv[:2],
+        "args": argv[2:],
+        "env": [*env, *fetch_env(model), {"name": "HOME", "value": "/tmp"}],
+        "resources": {
+            "requests": {"cpu": "500m", "memory": "256Mi"},
+            "limits": {"memory": "512Mi"},
+        },
+        "terminationMessagePath": TERMINATION_LOG,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+        },
+        "volumeMounts": mounts,
+    }
+    return container, volumes

@@ -21,6 +21,7 @@ from typing import Any
 from modeldeploy.api import GROUP_VERSION, KIND, ModelDeployment
 from modeldeploy.catalog import Accelerator, Engine
 from modeldeploy.config import OperatorConfig
+from modeldeploy.fetch.podspec import fetch_init_container
 from modeldeploy.hardware import Placement
 from modeldeploy.runtimes import (
     METRICS_PATH,
@@ -200,11 +201,23 @@ def render_container(
     }
 
 
+def _fetch_init(md: ModelDeployment, config: OperatorConfig) -> tuple[dict[str, Any], list[Any]]:
+    return fetch_init_container(
+        md.spec.model,
+        image=config.operator_image,
+        cache_mount_path=config.cache_mount_path,
+        cache_volume=CACHE_VOLUME,
+        revision=md.spec.model.revision,
+        image_pull_policy=config.image_pull_policy,
+    )
+
+
 def init_containers(
     md: ModelDeployment, placement: Placement, config: OperatorConfig
 ) -> list[dict[str, Any]]:
-    """Init containers of the pod: the artifact fetcher (DESIGN.md §5) will go here."""
-    return []
+    """Init containers of the pod: the artifact fetcher (DESIGN.md §5), which resolves,
+    downloads and verifies the model into the cache volume before the engine starts."""
+    return [_fetch_init(md, config)[0]]
 
 
 def _volumes(md: ModelDeployment, placement: Placement, config: OperatorConfig) -> list[Any]:
@@ -219,6 +232,7 @@ def _volumes(md: ModelDeployment, placement: Placement, config: OperatorConfig) 
     else:
         size = cache_size_bytes(md, placement, config) // GIB
         volumes.append({"name": CACHE_VOLUME, "emptyDir": {"sizeLimit": f"{size}Gi"}})
+    volumes.extend(_fetch_init(md, config)[1])
     if placement.engine is Engine.VLLM:
         # NCCL and vLLM's worker queues use /dev/shm; the default 64 MiB is far too small.
         shm = SHM_BYTES_PER_GPU * max(1, placement.gpus_per_replica) // GIB

@@ -1,4 +1,4 @@
-"""The init container's command line and credentials, and their round trip through the CLI."""
+"""The init container: its command line, credentials, mounts, and the CLI round trip."""
 
 from __future__ import annotations
 
@@ -6,9 +6,16 @@ import argparse
 
 from modeldeploy.api import ModelSource
 from modeldeploy.fetch.cli import _request, configure_parser
-from modeldeploy.fetch.podspec import fetch_command, fetch_env, fetch_secret_volume, served_path
+from modeldeploy.fetch.podspec import (
+    fetch_command,
+    fetch_env,
+    fetch_init_container,
+    fetch_secret_volume,
+    served_path,
+)
 from modeldeploy.fetch.request import FetchRequest
 
+_SHA = "a" * 64
 MODEL = ModelSource(
     source="hf://Qwen/Qwen2.5-7B-Instruct-GGUF",
     revision="main",
@@ -60,3 +67,53 @@ def test_credentials_come_only_from_secret_key_refs() -> None:
 def test_the_served_path_is_inside_the_cache_layout() -> None:
     path = served_path("/cache", "hf://org/repo@main", "abc", "m-Q4_K_M.gguf")
     assert path.startswith("/cache/") and path.endswith("/abc/m-Q4_K_M.gguf")
+
+
+def test_fetch_init_container_shape() -> None:
+    model = ModelSource.model_validate(
+        {
+            "source": "https://mirror.example/m.gguf",
+            "revision": "etags-0123456789abcdef",
+            "format": "gguf",
+            "quantization": "Q4_K_M",
+            "digests": {"m.gguf": _SHA},
+            "credentialsSecret": "mirror-token",
+        }
+    )
+    container, volumes = fetch_init_container(
+        model,
+        image="ghcr.io/modeldeploy/operator:1",
+        cache_mount_path="/models",
+        settings={"HF_ENDPOINT": "http://hub.internal"},
+    )
+    assert container["command"] == ["modeldeploy", "fetch"]
+    args = container["args"]
+    assert args[args.index("--source") + 1] == model.source
+    assert args[args.index("--cache") + 1] == "/models"
+    assert args[args.index("--revision") + 1] == "etags-0123456789abcdef"
+    assert args[args.index("--digest") + 1] == f"m.gguf={_SHA}"
+    assert args[args.index("--termination-log") + 1] == "/dev/termination-log"
+    assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"
+    assert {m["mountPath"] for m in container["volumeMounts"]} == {"/tmp", "/models"}
+    token = next(e for e in container["env"] if e["name"] == "MODELDEPLOY_BEARER_TOKEN")
+    assert token["valueFrom"]["secretKeyRef"] == {
+        "name": "mirror-token",
+        "key": "MODELDEPLOY_BEARER_TOKEN",
+        "optional": True,
+    }
+    assert {"name": "HF_ENDPOINT", "value": "http://hub.internal"} in container["env"]
+    assert {"name": "HOME", "value": "/tmp"} in container["env"]
+    assert volumes == []
+
+
+def test_fetch_init_container_mounts_a_pvc_source_read_only() -> None:
+    model = ModelSource.model_validate({"source": "pvc://weights/gemma/m.gguf"})
+    container, volumes = fetch_init_container(model, image="i", cache_mount_path="/models")
+    assert volumes == [
+        {
+            "name": "model-source",
+            "persistentVolumeClaim": {"claimName": "weights", "readOnly": True},
+        }
+    ]
+    mount = next(m for m in container["volumeMounts"] if m["name"] == "model-source")
+    assert mount == {"name": "model-source", "mountPath": "/mnt/pvc/weights", "readOnly": True}
