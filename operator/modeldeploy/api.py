@@ -99,7 +99,8 @@ TaintEffect = Literal["NoSchedule", "PreferNoSchedule", "NoExecute"]
 Phase = Literal["Pending", "Fetching", "Deploying", "Ready", "Degraded", "Failed", "Blocked"]
 PHASES: tuple[str, ...] = get_args(Phase)
 
-PARAMETERS_PATTERN = r"^[0-9]+(\.[0-9]+)?[KMBT]?$"
+# A positive count: "0" or "0B" would size a model at zero bytes.
+PARAMETERS_PATTERN = r"^([1-9][0-9]*(\.[0-9]+)?|0\.[0-9]*[1-9][0-9]*)[KMBT]?$"
 SHA256_PATTERN = r"^[a-f0-9]{64}$"
 DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 # Names the Service and the pods' label value, hence a DNS-1035 label of at most 63.

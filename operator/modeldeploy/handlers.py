@@ -62,26 +62,36 @@ def _snapshot(body: Mapping[str, Any]) -> dict[str, Any]:
     return copy.deepcopy(dict(body))
 
 
+# Taints the node lifecycle controller and kubelet set for passing conditions (NotReady,
+# unreachable, pressure): scheduling and eviction deal with those; placement must not
+# move a workload to another hardware class because a node missed a heartbeat.
+_TRANSIENT_TAINT_PREFIX = "node.kubernetes.io/"
+
+
 def _node_facts(body: Mapping[str, Any]) -> dict[str, Any]:
-    """The parts of a Node that planning reads (heartbeats excluded)."""
+    """The parts of a Node that planning reads: hardware, deliberate taints, cordon.
+
+    Readiness is left out on purpose (a node that stops reporting keeps its class until it
+    is deleted or relabelled), and so are heartbeats, so they trigger no re-plan.
+    """
     status = body.get("status", {})
+    taints = [
+        copy.deepcopy(t)
+        for t in body.get("spec", {}).get("taints") or []
+        if not str(t.get("key", "")).startswith(_TRANSIENT_TAINT_PREFIX)
+    ]
     return {
         "metadata": {
             "name": body["metadata"]["name"],
             "labels": dict(body["metadata"].get("labels") or {}),
         },
         "spec": {
-            "taints": copy.deepcopy(body.get("spec", {}).get("taints") or []),
+            "taints": taints,
             "unschedulable": bool(body.get("spec", {}).get("unschedulable")),
         },
         "status": {
             "allocatable": dict(status.get("allocatable") or {}),
             "capacity": dict(status.get("capacity") or {}),
-            "conditions": [
-                {"type": c.get("type"), "status": c.get("status")}
-                for c in status.get("conditions") or []
-                if c.get("type") == "Ready"
-            ],
         },
     }
 

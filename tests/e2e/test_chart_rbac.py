@@ -419,7 +419,7 @@ def unhealthy(name: str, md: dict[str, Any] | None) -> list[str]:
 
 def early_failures(snap: dict[str, Any], ns: str) -> list[str]:
     """What the operator must have done with what existed when it started."""
-    return [f"early, in time: {p}" for p in unhealthy("early", snap["mds"].get((ns, "early")))]
+    return [f"in time: {p}" for p in unhealthy("early", snap["mds"].get((ns, "early")))]
 
 
 def late_failures(snap: dict[str, Any], ns: str) -> list[str]:
