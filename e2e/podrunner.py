@@ -571,7 +571,11 @@ class PodWorker(threading.Thread):
         """Start one container's process (or record why it could not start)."""
         mounts = self._mounts(container)
         env = self._environment(container)
-        env = {k: rewrite_path(v, mounts) for k, v in env.items()}
+        # Only the pod's own values are container paths; what the runner supplies (the
+        # image PATH, node env) are host paths already, and the checkout may itself live
+        # under a mountPath such as /tmp.
+        own = {"PATH": self.runner.path, "HOSTNAME": self.pod_name, **self.runner.node_env}
+        env = {k: v if own.get(k) == v else rewrite_path(v, mounts) for k, v in env.items()}
         argv = [
             rewrite_path(expand(str(a), env), mounts)
             for a in [*(container.spec.get("command") or []), *(container.spec.get("args") or [])]
