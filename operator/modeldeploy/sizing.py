@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -353,12 +353,32 @@ def read_gguf_metadata(path: str | Path) -> ModelArchitecture:
         field = reader.get_field(key)
         return None if field is None else field.contents()
 
+    tokens = reader.get_field("tokenizer.ggml.tokens")
+    return gguf_architecture_from(
+        value,
+        [(t.name, int(t.n_elements), int(t.n_bytes)) for t in reader.tensors],
+        lambda: len(tokens.data) if tokens else None,
+    )
+
+
+def gguf_architecture_from(
+    value: Callable[[str], Any],
+    tensors: Sequence[tuple[str, int, int]],
+    token_count: Callable[[], int | None],
+    split_weights_bytes: int | None = None,
+) -> ModelArchitecture:
+    """The architecture GGUF metadata describes, whoever parsed the header.
+
+    ``value(key)`` reads a metadata field (None when absent), ``tensors`` are (name,
+    elements, bytes) of the tensors in this file, ``token_count`` counts the vocabulary
+    when ``vocab_size`` is absent, and ``split_weights_bytes`` is the weights' size when
+    this is the first shard of a split model (None if unknown).
+    """
     arch = value("general.architecture")
     prefix = f"{arch}." if arch else ""
     layers = _int(value(f"{prefix}block_count"))
-    heads_value = value(f"{prefix}attention.head_count")
+    heads = _max_int(value(f"{prefix}attention.head_count"))
     kv_value = value(f"{prefix}attention.head_count_kv")
-    heads = _max_int(heads_value)
     kv_heads_total = None
     if isinstance(kv_value, list):
         kv_heads_total = sum(int(v) for v in kv_value)
@@ -370,17 +390,15 @@ def read_gguf_metadata(path: str | Path) -> ModelArchitecture:
     if key_length is None and hidden is not None and heads:
         key_length = hidden // heads
     value_length = _int(value(f"{prefix}attention.value_length")) or key_length
-    tokens = reader.get_field("tokenizer.ggml.tokens")
-    vocab = _int(value(f"{prefix}vocab_size")) or (len(tokens.data) if tokens else None)
+    vocab = _int(value(f"{prefix}vocab_size")) or token_count()
     file_type = _int(value("general.file_type"))
-    split_count = _int(value("split.count")) or 1
-    parameters: int | None = sum(int(t.n_elements) for t in reader.tensors)
-    weights: int | None = sum(int(t.n_bytes) for t in reader.tensors)
-    if split_count > 1:
+    parameters: int | None = sum(elements for _, elements, _ in tensors)
+    weights: int | None = sum(size for _, _, size in tensors)
+    if (_int(value("split.count")) or 1) > 1:
         # The first shard holds only part of the tensors: size from the name label instead.
         label = value("general.size_label")
         parameters = parameters_from_name(str(label)) if label else None
-        weights = None
+        weights = split_weights_bytes
     return ModelArchitecture(
         architecture=str(arch) if arch else None,
         parameters=parameters or None,
@@ -393,7 +411,7 @@ def read_gguf_metadata(path: str | Path) -> ModelArchitecture:
         intermediate_size=_max_int(value(f"{prefix}feed_forward_length")),
         vocab_size=vocab,
         context_length=_int(value(f"{prefix}context_length")),
-        tie_word_embeddings=not any(t.name == "output.weight" for t in reader.tensors),
+        tie_word_embeddings=not any(name == "output.weight" for name, _, _ in tensors),
         quantization=GGUF_FILE_TYPES.get(file_type) if file_type is not None else None,
         weights_bytes=weights or None,
         kv_heads_total=kv_heads_total,

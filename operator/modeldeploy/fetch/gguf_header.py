@@ -19,10 +19,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from modeldeploy.catalog import GGUF_FILE_TYPES
 from modeldeploy.fetch.artifact import ArtifactFile
 from modeldeploy.fetch.errors import FetchError
-from modeldeploy.sizing import ModelArchitecture, parameters_from_name, read_hf_config
+from modeldeploy.sizing import ModelArchitecture, gguf_architecture_from, read_hf_config
 
 RangeReader = Callable[[ArtifactFile, int, int], bytes]
 """Read ``length`` bytes at ``offset`` of a file of the source."""
@@ -175,49 +174,12 @@ def read_gguf_header(read: RangeReader, file: ArtifactFile) -> GgufHeader:
 
 
 def gguf_architecture(header: GgufHeader, total_bytes: int | None = None) -> ModelArchitecture:
-    """The architecture a GGUF header describes (the rules of ``sizing.read_gguf_metadata``)."""
-    value = header.value
-    arch = value("general.architecture")
-    prefix = f"{arch}." if arch else ""
-    layers = _int(value(f"{prefix}block_count"))
-    heads = _max_int(value(f"{prefix}attention.head_count"))
-    kv_value = value(f"{prefix}attention.head_count_kv")
-    kv_heads_total = None
-    if isinstance(kv_value, list):
-        kv_heads_total = sum(int(v) for v in kv_value)
-        kv_heads = max((int(v) for v in kv_value), default=None)
-    else:
-        kv_heads = _int(kv_value) or heads
-    hidden = _int(value(f"{prefix}embedding_length"))
-    key_length = _int(value(f"{prefix}attention.key_length"))
-    if key_length is None and hidden is not None and heads:
-        key_length = hidden // heads
-    value_length = _int(value(f"{prefix}attention.value_length")) or key_length
-    vocab = _int(value(f"{prefix}vocab_size")) or header.length("tokenizer.ggml.tokens")
-    file_type = _int(value("general.file_type"))
-    parameters: int | None = sum(t.n_elements for t in header.tensors)
-    weights: int | None = sum(t.n_bytes for t in header.tensors)
-    if (_int(value("split.count")) or 1) > 1:
-        # The first shard holds only part of the tensors: size from the name label and files.
-        label = value("general.size_label")
-        parameters = parameters_from_name(str(label)) if label else None
-        weights = total_bytes
-    return ModelArchitecture(
-        architecture=str(arch) if arch else None,
-        parameters=parameters or None,
-        layers=layers,
-        attention_heads=heads,
-        kv_heads=kv_heads,
-        key_length=key_length,
-        value_length=value_length,
-        hidden_size=hidden,
-        intermediate_size=_max_int(value(f"{prefix}feed_forward_length")),
-        vocab_size=vocab,
-        context_length=_int(value(f"{prefix}context_length")),
-        tie_word_embeddings=not any(t.name == "output.weight" for t in header.tensors),
-        quantization=GGUF_FILE_TYPES.get(file_type) if file_type is not None else None,
-        weights_bytes=weights or None,
-        kv_heads_total=kv_heads_total,
+    """The architecture a remotely read GGUF header describes (shared rules in sizing)."""
+    return gguf_architecture_from(
+        header.value,
+        [(t.name, t.n_elements, t.n_bytes) for t in header.tensors],
+        lambda: header.length("tokenizer.ggml.tokens"),
+        split_weights_bytes=total_bytes,
     )
 
 
@@ -263,18 +225,3 @@ def read_architecture(
 
     counted = safetensors_parameters(read, shards) if shards else None
     return replace(arch, parameters=counted or arch.parameters, weights_bytes=weights)
-
-
-def _int(value: Any) -> int | None:
-    if isinstance(value, bool) or value is None:
-        return None
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return None
-
-
-def _max_int(value: Any) -> int | None:
-    if isinstance(value, list):
-        return max((int(v) for v in value), default=None)
-    return _int(value)
