@@ -17,22 +17,9 @@ cache_root="${MODELDEPLOY_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/modeldeploy}"
 bin="$cache_root/k8s-$k8s_version-etcd-$etcd_version-kwok-$kwok_version-$pin_hash/bin"
 mkdir -p "$bin"
 
-export GOFLAGS="${GOFLAGS:--buildvcs=false} -trimpath"
-export CGO_ENABLED=0
-
-# build NAME MODULE_DIR PACKAGE LDFLAGS: build one binary unless the cache has it already.
-build() {
-  local name="$1" dir="$2" pkg="$3" ldflags="$4" start
-  if [[ -x "$bin/$name" ]]; then
-    echo "[cluster-build] $name: cached ($bin/$name)" >&2
-    return
-  fi
-  start=$SECONDS
-  echo "[cluster-build] $name: building from $pkg ..." >&2
-  (cd "$dir" && go build -ldflags "-s -w $ldflags" -o "$bin/$name.tmp" "$pkg")
-  mv "$bin/$name.tmp" "$bin/$name"
-  echo "[cluster-build] $name: built in $((SECONDS - start))s" >&2
-}
+label=cluster-build
+# shellcheck source=go-build-lib.sh
+source "$here/go-build-lib.sh"
 
 # Kubernetes stamps its version through ldflags (hack/lib/version.sh); without them the
 # servers report v0.0.0-master and Helm's kubeVersion checks fail.

@@ -14,21 +14,9 @@ cache_root="${MODELDEPLOY_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/modeldeploy}"
 bin="$cache_root/fetch-servers-gcs-$gcs_version-registry-$registry_version-$pin_hash/bin"
 mkdir -p "$bin"
 
-export GOFLAGS="${GOFLAGS:--buildvcs=false} -trimpath"
-export CGO_ENABLED=0
-
-build() {
-  local name="$1" dir="$2" pkg="$3" start
-  if [[ -x "$bin/$name" ]]; then
-    echo "[fetch-build] $name: cached ($bin/$name)" >&2
-    return
-  fi
-  start=$SECONDS
-  echo "[fetch-build] $name: building from $pkg ..." >&2
-  (cd "$dir" && go build -ldflags "-s -w" -o "$bin/$name.tmp" "$pkg")
-  mv "$bin/$name.tmp" "$bin/$name"
-  echo "[fetch-build] $name: built in $((SECONDS - start))s" >&2
-}
+label=fetch-build
+# shellcheck source=go-build-lib.sh
+source "$here/go-build-lib.sh"
 
 build fake-gcs-server "$tools/fake-gcs-server" github.com/fsouza/fake-gcs-server
 build registry "$tools/registry" github.com/distribution/distribution/v3/cmd/registry
