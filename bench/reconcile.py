@@ -161,10 +161,7 @@ def run_one(cluster: ClusterHandle, n: int) -> dict[str, Any]:
     assert operator.process is not None
     peak_rss = _peak_rss_mib(operator.process.pid)
     passes = operator.reconciles()
-    writes = sum(
-        operator.metric("modeldeploy_api_writes_total", verb=verb, kind=kind)
-        for verb, kind in _write_labels(operator)
-    )
+    writes = operator.metric("modeldeploy_api_writes_total")
     operator.stop()
     writes_seen = audit_writes(cluster, namespace)
     to_deployment = [watcher.deployed[m] - created[m] for m in names]
@@ -186,19 +183,6 @@ def run_one(cluster: ClusterHandle, n: int) -> dict[str, Any]:
         "allWritesPerModelDeployment": round(sum(writes_seen.values()) / n, 2),
         "writesPerModelDeploymentByCall": {k: round(v / n, 2) for k, v in writes_seen.items()},
     }
-
-
-def _write_labels(operator: OperatorProcess) -> list[tuple[str, str]]:
-    import httpx
-    from prometheus_client.parser import text_string_to_metric_families
-
-    text = httpx.get(f"http://127.0.0.1:{operator.metrics_port}/metrics", timeout=5).text
-    return [
-        (s.labels["verb"], s.labels["kind"])
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-        if s.name == "modeldeploy_api_writes_total"
-    ]
 
 
 def _peak_rss_mib(pid: int) -> float:

@@ -180,25 +180,18 @@ class OperatorProcess:
         return self.log_path.read_text(errors="replace")
 
     def metric(self, name: str, **labels: str) -> float:
-        """The current value of one Prometheus sample (0 when absent)."""
+        """The sum of the Prometheus samples ``name`` whose labels include ``labels``."""
         text = httpx.get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).text
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                if sample.name == name and all(
-                    sample.labels.get(k) == v for k, v in labels.items()
-                ):
-                    return float(sample.value)
-        return 0.0
+        return sum(
+            float(sample.value)
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
+        )
 
     def reconciles(self) -> float:
         """Reconcile passes so far, whatever their result."""
-        text = httpx.get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).text
-        return sum(
-            s.value
-            for family in text_string_to_metric_families(text)
-            for s in family.samples
-            if s.name == "modeldeploy_reconcile_total"
-        )
+        return self.metric("modeldeploy_reconcile_total")
 
     def kill(self) -> None:
         """SIGKILL the operator (a crash)."""
