@@ -32,7 +32,7 @@ from modeldeploy.metrics import LAST_ERROR, RECONCILE_SECONDS, RECONCILES, set_p
 from modeldeploy.reconcile import ClusterView, reconcile
 from modeldeploy.render import LABEL_MANAGED_BY, LABEL_MODEL_DEPLOYMENT, MANAGED_BY
 from modeldeploy.settings import OperatorSettings
-from modeldeploy.status import condition
+from modeldeploy.status import condition, utc_now
 
 MD = (API_GROUP, API_VERSION, PLURAL)
 CHILD_LABELS = {LABEL_MANAGED_BY: MANAGED_BY}
@@ -216,9 +216,18 @@ def _view(key: Key, indexes: Mapping[str, kopf.Index[Any, Any]]) -> ClusterView:
     )
 
 
+INDEXES = (
+    "model_deployments",
+    "nodes",
+    "child_deployments",
+    "child_services",
+    "child_claims",
+    "child_pods",
+)
+
+
 def _indexes(kwargs: Mapping[str, Any]) -> dict[str, kopf.Index[Any, Any]]:
-    names = ("model_deployments", "nodes", "child_deployments", "child_services")
-    return {n: kwargs[n] for n in (*names, "child_claims", "child_pods")}
+    return {name: kwargs[name] for name in INDEXES}
 
 
 async def reconcile_key(key: Key, state: State, kwargs: Mapping[str, Any]) -> None:
@@ -294,7 +303,7 @@ def _report_forbidden(md: Mapping[str, Any], message: str, state: State) -> None
     meta = md["metadata"]
     status = copy.deepcopy(dict(md.get("status") or {}))
     generation = int(meta.get("generation") or 1)
-    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    now = utc_now()
     degraded = condition("Degraded", True, "Forbidden", message, generation=generation, now=now)
     others = [c for c in status.get("conditions") or [] if c.get("type") != "Degraded"]
     status["conditions"] = [*others, degraded]

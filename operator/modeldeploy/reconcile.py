@@ -11,7 +11,6 @@ the cluster (``ClusterView``) and a ``Writer``; so an idle pass makes no call at
 from __future__ import annotations
 
 import copy
-import datetime
 import json
 import logging
 from collections.abc import Mapping, Sequence
@@ -24,7 +23,7 @@ from modeldeploy.config import OperatorConfig
 from modeldeploy.hardware import PlacementRefusal, quantity_bytes
 from modeldeploy.plan import plan_object
 from modeldeploy.render import LABEL_MODEL_DEPLOYMENT
-from modeldeploy.status import Observed, Refusal, compute_status, transitions
+from modeldeploy.status import Observed, Refusal, compute_status, transitions, utc_now
 
 log = logging.getLogger(__name__)
 
@@ -72,10 +71,6 @@ def _fit_existing_claim(desired: dict[str, Any], live: Mapping[str, Any]) -> dic
     if quantity_bytes(have) > quantity_bytes(want):
         spec["resources"]["requests"]["storage"] = have
     return {**desired, "spec": spec}
-
-
-def _now() -> str:
-    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _canonical(value: Any) -> str:
@@ -143,7 +138,7 @@ def reconcile(
         selector=f"{LABEL_MODEL_DEPLOYMENT}={name}",
         endpoint=endpoint,
         previous=previous,
-        now=now or _now(),
+        now=now or utc_now(),
     )
     result.phase = status["phase"]
     result.status = status

@@ -11,6 +11,7 @@ byte-identical status and the operator writes nothing.
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -65,6 +66,11 @@ class Observed:
 
     deployment: Mapping[str, Any] | None
     pods: Sequence[Mapping[str, Any]] = ()
+
+
+def utc_now() -> str:
+    """The current time as a metav1.Time string (seconds, UTC)."""
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def condition(
