@@ -71,22 +71,6 @@ def needs_apply(desired: Mapping[str, Any], live: Mapping[str, Any] | None) -> b
     return live is None or not _matches(desired, live)
 
 
-def _kind_api(api: client.ApiClient, kind: str) -> tuple[Callable[..., Any], Callable[..., Any]]:
-    """The (patch, delete) methods of the typed client for a child kind."""
-    core, apps = client.CoreV1Api(api), client.AppsV1Api(api)
-    table: dict[str, tuple[Callable[..., Any], Callable[..., Any]]] = {
-        "Deployment": (apps.patch_namespaced_deployment, apps.delete_namespaced_deployment),
-        "Service": (core.patch_namespaced_service, core.delete_namespaced_service),
-        "PersistentVolumeClaim": (
-            core.patch_namespaced_persistent_volume_claim,
-            core.delete_namespaced_persistent_volume_claim,
-        ),
-    }
-    if kind not in table:
-        raise ValueError(f"the operator does not write objects of kind {kind}")
-    return table[kind]
-
-
 def _raw_json(response: Any) -> dict[str, Any]:
     data: dict[str, Any] = json.loads(response.data)
     return data
@@ -99,10 +83,25 @@ class Writer:
         self.api = api
         self.custom = client.CustomObjectsApi(api)
         self.core = client.CoreV1Api(api)
+        apps = client.AppsV1Api(api)
+        # The (patch, delete) methods of the typed client for each child kind.
+        self._methods: dict[str, tuple[Callable[..., Any], Callable[..., Any]]] = {
+            "Deployment": (apps.patch_namespaced_deployment, apps.delete_namespaced_deployment),
+            "Service": (self.core.patch_namespaced_service, self.core.delete_namespaced_service),
+            "PersistentVolumeClaim": (
+                self.core.patch_namespaced_persistent_volume_claim,
+                self.core.delete_namespaced_persistent_volume_claim,
+            ),
+        }
+
+    def _kind(self, kind: str) -> tuple[Callable[..., Any], Callable[..., Any]]:
+        if kind not in self._methods:
+            raise ValueError(f"the operator does not write objects of kind {kind}")
+        return self._methods[kind]
 
     def apply(self, obj: Mapping[str, Any]) -> dict[str, Any]:
         """Server-side apply one namespaced child object; return what the server stored."""
-        patch, _ = _kind_api(self.api, obj["kind"])
+        patch, _ = self._kind(obj["kind"])
         meta = obj["metadata"]
         API_WRITES.labels(verb="apply", kind=obj["kind"]).inc()
         response = patch(
@@ -118,7 +117,7 @@ class Writer:
 
     def delete(self, kind: str, namespace: str, name: str, uid: str | None = None) -> None:
         """Delete a child the operator no longer renders (only the exact object seen)."""
-        _, delete = _kind_api(self.api, kind)
+        _, delete = self._kind(kind)
         API_WRITES.labels(verb="delete", kind=kind).inc()
         preconditions = {"uid": uid} if uid else None
         try:

@@ -372,10 +372,13 @@ def test_an_idle_resync_makes_zero_write_calls(
     api = Api(crd_cluster, namespace)
     api.create(gemma("chat"))
     api.wait_ready("chat")
-    # The last write of a rollout is the status saying it is complete.
+    # The last writes of a rollout: the status saying it is complete, then its Event.
     wait_until(
-        lambda: (api.condition("chat", "Progressing") or {}).get("reason") == "RolloutComplete",
-        what="the rollout-complete status",
+        lambda: (
+            (api.condition("chat", "Progressing") or {}).get("reason") == "RolloutComplete"
+            and any(e.reason == "Available" for e in api.events("chat"))
+        ),
+        what="the rollout-complete status and its Available Event",
     )
     mark = len(crd_cluster.audit_log.read_text().splitlines())
     passes = operator.reconciles()
