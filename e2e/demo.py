@@ -21,6 +21,7 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import yaml
@@ -31,6 +32,7 @@ from e2e.harness import ClusterHandle, install_crds, wait_until
 from e2e.mirror import pinned_model
 from e2e.models import GEMMA_FILE, GEMMA_SHA256, ensure_gemma
 from e2e.podrunner import llama_server_dir, start_background
+from modeldeploy.fetch.sources.base import PLAIN_HTTP_HOSTS_VAR
 
 NAMESPACE = "demo"
 OPERATOR_PID = "operator.pid"
@@ -44,11 +46,15 @@ def _print(cluster: ClusterHandle, *args: str) -> None:
     print(cluster.kubectl(*args).stdout, flush=True)
 
 
-def start_operator(workdir: Path) -> int:
-    """Start ``modeldeploy run`` detached, logging under the cluster's logs/."""
+def start_operator(workdir: Path, source_env: dict[str, str]) -> int:
+    """Start ``modeldeploy run`` detached, logging under the cluster's logs/.
+
+    ``source_env`` holds the source settings it resolves with and passes on to the fetch
+    init containers (here: the stand-in mirror is reached over plain HTTP).
+    """
     stop_operator(workdir)
     log = (workdir / "logs" / "operator.log").open("ab")
-    env = {**os.environ, "KUBECONFIG": str(workdir / "kubeconfig")}
+    env = {**os.environ, **source_env, "KUBECONFIG": str(workdir / "kubeconfig")}
     process = subprocess.Popen(
         [sys.executable, "-m", "modeldeploy", "run", "--standalone", "--resync-seconds", "30",
          "--metrics-port", "0", "--health-port", "0"],
@@ -139,6 +145,7 @@ def chat(cluster: ClusterHandle, name: str) -> None:
         check=False,
     )  # fmt: skip
     print(ready.stdout.strip() or ready.stderr.strip(), flush=True)
+    show_artifact(cluster, name)
     served = cluster.kubectl(
         "get", "mdep", name, "-n", NAMESPACE, "-o", "jsonpath={.spec.model.servedName}"
     ).stdout  # fmt: skip
@@ -163,13 +170,28 @@ def chat(cluster: ClusterHandle, name: str) -> None:
           f"generated; counted in {base}/metrics)", flush=True)  # fmt: skip
 
 
+def show_artifact(cluster: ClusterHandle, name: str) -> None:
+    """Print the ArtifactVerified condition and ``status.artifact`` (the provenance)."""
+    found = cluster.kubectl("get", "mdep", name, "-n", NAMESPACE, "-o", "json", check=False)
+    if found.returncode != 0:
+        return
+    status = json.loads(found.stdout).get("status") or {}
+    verified = next(
+        (c for c in status.get("conditions") or [] if c["type"] == "ArtifactVerified"), None
+    )
+    if verified is not None:
+        print(f"\nArtifactVerified={verified['status']} ({verified['reason']}): "
+              f"{verified['message']}", flush=True)  # fmt: skip
+    artifact = {k: v for k, v in (status.get("artifact") or {}).items() if k != "modelHash"}
+    if artifact:
+        print(f"status.artifact:\n{yaml.safe_dump(artifact, sort_keys=False)}", flush=True)
+
+
 def run_demo(workdir: Path) -> int:
     """Run the demo against the cluster in ``workdir``."""
     cluster = ClusterHandle(workdir / "kubeconfig", None, workdir=workdir)
     _print(cluster, "get", "nodes", "-L", "nvidia.com/gpu.product,nvidia.com/gpu.count")
     install_crds(cluster)
-    pid = start_operator(workdir)
-    print(f"operator running (pid {pid}), log: {workdir / 'logs' / 'operator.log'}", flush=True)
     runner = start_background(
         workdir,
         namespace=NAMESPACE,
@@ -178,6 +200,9 @@ def run_demo(workdir: Path) -> int:
     )
     print(f"pod runner running (pid {runner['pid']}) for {SERVED_EXAMPLE}'s pods, "
           f"log: {workdir / 'logs' / 'podrunner.log'}", flush=True)  # fmt: skip
+    mirror_host = urlsplit(runner["mirror"][GEMMA_FILE]).netloc
+    pid = start_operator(workdir, {PLAIN_HTTP_HOSTS_VAR: mirror_host})
+    print(f"operator running (pid {pid}), log: {workdir / 'logs' / 'operator.log'}", flush=True)
     cluster.kubectl("create", "namespace", NAMESPACE, check=False)
     examples = [
         served_example(workdir, runner["mirror"][GEMMA_FILE]) if e.stem == SERVED_EXAMPLE else e

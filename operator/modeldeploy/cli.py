@@ -329,11 +329,12 @@ def _add_run(commands: Any) -> None:
 def run_operator_command(args: argparse.Namespace) -> int:
     """``modeldeploy run``: validate the settings, then run Kopf until stopped."""
     import asyncio
+    from dataclasses import replace
 
     import kopf
 
     from modeldeploy.handlers import run_operator
-    from modeldeploy.settings import SettingsError, load_settings
+    from modeldeploy.settings import SettingsError, load_settings, source_settings
 
     overrides = {
         "namespaces": args.namespaces,
@@ -348,6 +349,10 @@ def run_operator_command(args: argparse.Namespace) -> int:
     except SettingsError as error:
         print(f"modeldeploy run: {error}", file=sys.stderr)
         return EXIT_INVALID
+    if not settings.planning.source_settings:
+        settings = settings.model_copy(
+            update={"planning": replace(settings.planning, source_settings=source_settings())}
+        )
     if args.peering:
         settings = settings.model_copy(update={"peering": args.peering})
     elif args.standalone:

@@ -43,6 +43,10 @@ class OperatorConfig:
     cache_headroom: float = 1.25
     min_cache_bytes: int = 1024**3
     cache_mount_path: str = "/models"
+    # Non-secret settings for reaching model sources (HF_ENDPOINT, AWS_ENDPOINT_URL, ...;
+    # fetch.resolve.SETTINGS_VARS): the operator resolves with them and every fetch init
+    # container gets them as env values.
+    source_settings: tuple[tuple[str, str], ...] = ()
     port: int = 8000
     service_type: str = "ClusterIP"
     termination_grace_period_seconds: int = 60

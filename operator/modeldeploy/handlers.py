@@ -12,6 +12,7 @@ since the waiting pass will see the newest state.
 from __future__ import annotations
 
 import asyncio
+import base64
 import copy
 import json
 import logging
@@ -31,6 +32,7 @@ from modeldeploy.apply import Writer
 from modeldeploy.metrics import LAST_ERROR, RECONCILE_SECONDS, RECONCILES, set_phase_counts
 from modeldeploy.reconcile import ClusterView, reconcile
 from modeldeploy.render import LABEL_MANAGED_BY, LABEL_MODEL_DEPLOYMENT, MANAGED_BY
+from modeldeploy.resolver import ArtifactResolver
 from modeldeploy.settings import OperatorSettings
 from modeldeploy.status import condition, utc_now
 
@@ -48,6 +50,7 @@ class State:
 
     settings: OperatorSettings
     writer: Writer | None = None
+    resolver: ArtifactResolver | None = None
     locks: dict[Key, asyncio.Lock] = field(default_factory=dict)
     pending: set[Key] = field(default_factory=set)
     phases: dict[Key, str] = field(default_factory=dict)
@@ -146,7 +149,11 @@ def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     )
     settings.posting.enabled = False  # our own Events, for decisions and failures only
     settings.watching.server_timeout = 300
-    state.writer = Writer(_api_client())
+    api = _api_client()
+    state.writer = Writer(api)
+    state.resolver = ArtifactResolver(
+        _secret_reader(client.CoreV1Api(api)), dict(state.settings.planning.source_settings)
+    )
     if state.settings.metrics_port:
         start_http_server(state.settings.metrics_port, addr=state.settings.bind_address)
     log.info(
@@ -155,6 +162,25 @@ def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
         state.settings.resync_seconds,
         state.settings.peering or "standalone",
     )
+
+
+def _secret_reader(core: client.CoreV1Api) -> Any:
+    """Read one Secret's data (decoded) by name, None when it does not exist. Only ``get``:
+    the operator never lists or watches Secrets, and keeps none of their values."""
+
+    def read(namespace: str, name: str) -> dict[str, str] | None:
+        try:
+            secret = core.read_namespaced_secret(name, namespace)
+        except client.ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+        return {
+            key: base64.b64decode(value).decode(errors="replace")
+            for key, value in (secret.data or {}).items()
+        }
+
+    return read
 
 
 # -- indexes ---------------------------------------------------------------------------
@@ -246,12 +272,10 @@ async def reconcile_key(key: Key, state: State, kwargs: Mapping[str, Any]) -> No
         uid = md["metadata"].get("uid", "")
         if uid in state.statuses:
             md = {**md, "status": state.statuses[uid]}
-        assert state.writer is not None
+        assert state.writer is not None and state.resolver is not None
         started = time.monotonic()
         try:
-            result = await asyncio.to_thread(
-                reconcile, md, view, state.writer, state.settings.planning
-            )
+            result = await asyncio.to_thread(_pass, md, view, state)
         except client.ApiException as error:
             RECONCILES.labels(result="error").inc()
             LAST_ERROR.set_to_current_time()
@@ -272,6 +296,13 @@ async def reconcile_key(key: Key, state: State, kwargs: Mapping[str, Any]) -> No
                 )  # fmt: skip
         finally:
             RECONCILE_SECONDS.observe(time.monotonic() - started)
+
+
+def _pass(md: Mapping[str, Any], view: ClusterView, state: State) -> Any:
+    """Resolve the artifact (cached per spec.model), then reconcile. Runs in a thread."""
+    assert state.writer is not None and state.resolver is not None
+    artifact = state.resolver.state_for(md)
+    return reconcile(md, view, state.writer, state.settings.planning, artifact=artifact)
 
 
 # Retry delays for transient API errors: conflicts, throttling, server errors.
@@ -333,6 +364,8 @@ async def model_deployment_event(
     key = (meta.get("namespace") or "", meta["name"])
     if event["type"] == "DELETED":
         state.statuses.pop(meta.get("uid", ""), None)
+        if state.resolver is not None:
+            state.resolver.forget(meta.get("uid", ""))
         state.phases.pop(key, None)
         state.locks.pop(key, None)
         state.seen.discard(key)

@@ -14,6 +14,7 @@ from typing import Any
 
 from modeldeploy.api import ModelDeployment, SpecError, parse_model_deployment
 from modeldeploy.config import OperatorConfig
+from modeldeploy.fetch.artifact import Resolution
 from modeldeploy.hardware import Placement, PlacementRefusal, plan_placement
 from modeldeploy.render import render_objects
 from modeldeploy.sizing import ModelArchitecture
@@ -39,13 +40,20 @@ def plan(
     nodes: Sequence[Mapping[str, Any]],
     config: OperatorConfig | None = None,
     artifact: ModelArchitecture | None = None,
+    resolution: Resolution | None = None,
 ) -> Plan:
-    """Place a validated ModelDeployment on the nodes and render its children."""
+    """Place a validated ModelDeployment on the nodes and render its children.
+
+    ``resolution`` is the operator's resolution of ``spec.model``: sizing reads its
+    architecture (unless ``artifact`` is given), the init container fetches its revision.
+    """
     config = config or OperatorConfig()
     if not md.name:
         raise SpecError("metadata.name", "required field is missing")
+    if artifact is None and resolution is not None:
+        artifact = resolution.architecture
     placement = plan_placement(md.spec, nodes, config, artifact)
-    return Plan(md, placement, render_objects(md, placement, config))
+    return Plan(md, placement, render_objects(md, placement, config, resolution))
 
 
 def plan_object(
@@ -53,6 +61,7 @@ def plan_object(
     nodes: Sequence[Mapping[str, Any]],
     config: OperatorConfig | None = None,
     artifact: ModelArchitecture | None = None,
+    resolution: Resolution | None = None,
 ) -> Plan:
     """Validate a raw ModelDeployment object, then ``plan`` it."""
-    return plan(parse_model_deployment(obj), nodes, config, artifact)
+    return plan(parse_model_deployment(obj), nodes, config, artifact, resolution)

@@ -19,6 +19,7 @@ from typing import Any
 
 from modeldeploy.api import SpecError
 from modeldeploy.apply import Writer, needs_apply
+from modeldeploy.artifacts import ArtifactState
 from modeldeploy.config import OperatorConfig
 from modeldeploy.hardware import PlacementRefusal, quantity_bytes
 from modeldeploy.plan import plan_object
@@ -26,6 +27,7 @@ from modeldeploy.render import LABEL_MODEL_DEPLOYMENT
 from modeldeploy.status import Observed, Refusal, compute_status, transitions, utc_now
 
 log = logging.getLogger(__name__)
+SIZE_HINT = "spec.model.parameters"  # the field a refusal names when only the artifact can size
 
 
 @dataclass(frozen=True)
@@ -41,7 +43,7 @@ class ClusterView:
 class PassResult:
     """What one pass did."""
 
-    result: str  # ready | progressing | degraded | invalid | unschedulable
+    result: str  # ready | progressing | degraded | invalid | unschedulable | refused
     phase: str
     writes: int = 0
     applied: list[str] = field(default_factory=list)
@@ -82,9 +84,16 @@ def reconcile(
     view: ClusterView,
     writer: Writer,
     config: OperatorConfig,
+    *,
     now: str | None = None,
+    artifact: ArtifactState | None = None,
 ) -> PassResult:
-    """Bring one ModelDeployment's children and status in line with its spec."""
+    """Bring one ModelDeployment's children and status in line with its spec.
+
+    ``artifact`` is the resolution of ``spec.model`` (``resolver.ArtifactResolver``): a
+    refusal of the source refuses the object; without a resolution, planning uses the
+    spec's hints and the init container resolves for itself.
+    """
     meta = md["metadata"]
     name, namespace, uid = meta["name"], meta["namespace"], meta.get("uid", "")
     generation = int(meta.get("generation") or 1)
@@ -93,17 +102,30 @@ def reconcile(
 
     outcome: Refusal | dict[str, Any]
     desired: list[dict[str, Any]] = []
-    try:
-        planned = plan_object(md, view.nodes, config)
-    except SpecError as error:
-        outcome = Refusal("InvalidSpec", str(error))
-        result.result = "invalid"
-    except PlacementRefusal as error:
-        outcome = Refusal("NoFittingHardware", str(error))
-        result.result = "unschedulable"
+    resolution = artifact.resolution if artifact is not None else None
+    if artifact is not None and artifact.refused:
+        # The source serves other bytes than pinned, or none that match: refuse, and keep
+        # what runs (the resolver only refuses a spec that is otherwise valid).
+        outcome = Refusal(artifact.reason, artifact.message)
+        result.result = "refused"
     else:
-        outcome = planned.placement.decision()
-        desired = planned.objects
+        try:
+            planned = plan_object(md, view.nodes, config, resolution=resolution)
+        except SpecError as error:
+            outcome = Refusal("InvalidSpec", str(error))
+            result.result = "invalid"
+        except PlacementRefusal as error:
+            outcome = Refusal("NoFittingHardware", str(error))
+            if artifact is not None and resolution is None and error.field_path == SIZE_HINT:
+                outcome = Refusal(
+                    artifact.reason,
+                    f"{error}; the artifact could not be read to size the model: "
+                    f"{artifact.message}",
+                )
+            result.result = "unschedulable"
+        else:
+            outcome = planned.placement.decision()
+            desired = planned.objects
 
     live = {_key(obj): obj for obj in view.children}
     stored: dict[tuple[str, str], Mapping[str, Any]] = dict(live)
@@ -139,6 +161,7 @@ def reconcile(
         endpoint=endpoint,
         previous=previous,
         now=now or utc_now(),
+        artifact=artifact,
     )
     result.phase = status["phase"]
     result.status = status
@@ -170,6 +193,8 @@ _EVENTS = {
     ("Scheduled", "False"): ("Warning", None),
     ("Ready", "True"): ("Normal", None),
     ("Degraded", "True"): ("Warning", None),
+    ("ArtifactVerified", "True"): ("Normal", None),
+    ("ArtifactVerified", "False"): ("Warning", None),
 }
 
 

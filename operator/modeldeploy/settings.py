@@ -8,6 +8,8 @@ An unknown key or a wrong type stops the operator with one message naming the ke
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -16,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 from pydantic.alias_generators import to_camel
 
 from modeldeploy.config import OperatorConfig
+from modeldeploy.fetch.resolve import SETTINGS_VARS
 
 
 class SettingsError(ValueError):
@@ -59,7 +62,28 @@ class OperatorSettings(BaseModel):
         if unknown:
             raise ValueError(f"unknown keys {unknown}; allowed: {sorted(fields)}")
         snake = {fields[key]: item for key, item in value.items()}
+        if "source_settings" in snake:
+            snake["source_settings"] = _source_settings(snake["source_settings"])
         return TypeAdapter(OperatorConfig).validate_python(snake)
+
+
+def _source_settings(value: Any) -> tuple[tuple[str, str], ...]:
+    """``planning.sourceSettings``: a mapping of the non-secret source variables only."""
+    if not isinstance(value, Mapping):
+        raise ValueError("sourceSettings must be a mapping of variable name to value")
+    unknown = sorted(set(value) - set(SETTINGS_VARS))
+    if unknown:
+        raise ValueError(
+            f"sourceSettings: {unknown} not allowed (credentials belong in a Secret named "
+            f"by spec.model.credentialsSecret); allowed: {sorted(SETTINGS_VARS)}"
+        )
+    return tuple(sorted((str(k), str(v)) for k, v in value.items()))
+
+
+def source_settings(env: Mapping[str, str] | None = None) -> tuple[tuple[str, str], ...]:
+    """The operator's own non-secret source variables (HF_ENDPOINT, ...), for sourceSettings."""
+    env = os.environ if env is None else env
+    return tuple(sorted((k, v) for k, v in env.items() if k in SETTINGS_VARS and v))
 
 
 def load_settings(path: Path | None, overrides: dict[str, Any]) -> OperatorSettings:

@@ -3,8 +3,9 @@
 ``compute_status`` turns the plan outcome (a decision, or the refusal that stopped it)
 and the observed children (the Deployment and its pods, as plain dicts) into the whole
 ``status`` object: ``metav1.Condition``-shaped ``Ready``, ``Progressing``, ``Degraded``
-and ``Scheduled`` conditions with ``observedGeneration``, a ``phase``, the decision, replica
-counts, the scale-subresource selector and the endpoint. A condition keeps its
+and ``Scheduled`` conditions with ``observedGeneration`` (and ``ArtifactVerified`` with
+``status.artifact`` once the operator resolves artifacts), a ``phase``, the decision,
+replica counts, the scale-subresource selector and the endpoint. A condition keeps its
 ``lastTransitionTime`` while its status is unchanged, so an unchanged world computes a
 byte-identical status and the operator writes nothing.
 """
@@ -16,7 +17,19 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-CONDITION_TYPES = ("Ready", "Progressing", "Degraded", "Scheduled")
+from modeldeploy.artifacts import (
+    CONDITION as ARTIFACT_CONDITION,
+)
+from modeldeploy.artifacts import (
+    REFUSING_REASONS,
+    ArtifactState,
+    artifact_condition,
+    artifact_status,
+    fetching,
+    reported_artifact,
+)
+
+CONDITION_TYPES = ("Ready", "Progressing", "Degraded", "Scheduled", ARTIFACT_CONDITION)
 
 # Container waiting reasons that mean "this will not get better by waiting" (kubelet's
 # reasons for images and crash loops, see pkg/kubelet/images and kuberuntime).
@@ -56,8 +69,13 @@ STATUS_DECISION_FIELDS = (
 class Refusal:
     """Why no workload was planned: an invalid spec or no hardware that fits."""
 
-    reason: str  # CamelCase: InvalidSpec | NoFittingHardware
-    message: str
+    reason: str  # CamelCase: InvalidSpec | NoFittingHardware | SourceUnreachable | a
+    message: str  # refusing reason of artifacts.REFUSING_REASONS (DigestMismatch, ...)
+
+    @property
+    def failed(self) -> bool:
+        """Whether the spec (or its source) must change: phase Failed rather than Pending."""
+        return self.reason == "InvalidSpec" or self.reason in REFUSING_REASONS
 
 
 @dataclass(frozen=True)
@@ -74,12 +92,14 @@ def utc_now() -> str:
 
 
 def condition(
-    type_: str, status: bool, reason: str, message: str, *, generation: int, now: str
+    type_: str, status: bool | str, reason: str, message: str, *, generation: int, now: str
 ) -> dict[str, Any]:
-    """A metav1.Condition as a plain dict."""
+    """A metav1.Condition as a plain dict (``status`` a bool, or "Unknown")."""
+    if isinstance(status, bool):
+        status = "True" if status else "False"
     return {
         "type": type_,
-        "status": "True" if status else "False",
+        "status": status,
         "observedGeneration": generation,
         "lastTransitionTime": now,
         "reason": reason,
@@ -152,15 +172,16 @@ def compute_status(
     endpoint: str | None,
     previous: Mapping[str, Any],
     now: str,
+    artifact: ArtifactState | None = None,
 ) -> dict[str, Any]:
     """The whole status object for one pass (``outcome`` is a refusal or the decision)."""
 
-    def cond(type_: str, status: bool, reason: str, message: str) -> dict[str, Any]:
+    def cond(type_: str, status: bool | str, reason: str, message: str) -> dict[str, Any]:
         return condition(type_, status, reason, message, generation=generation, now=now)
 
     status: dict[str, Any] = {"observedGeneration": generation}
     if isinstance(outcome, Refusal):
-        failed = outcome.reason == "InvalidSpec"
+        failed = outcome.failed
         conditions = [
             cond("Ready", False, outcome.reason, outcome.message),
             cond("Progressing", False, outcome.reason, "no workload is rendered"),
@@ -177,9 +198,27 @@ def compute_status(
         status.update(phase=phase, replicas=replicas, readyReplicas=ready, selector=selector)
         if endpoint:
             status["endpoint"] = endpoint
+    if artifact is not None:
+        recorded = _artifact_record(artifact, observed.pods, previous)
+        if recorded is not None:
+            status["artifact"] = recorded
+        conditions.append(cond(ARTIFACT_CONDITION, *artifact_condition(artifact, observed.pods)))
     previous_conditions = previous.get("conditions") or []
     status["conditions"] = _keep_transition_times(conditions, previous_conditions)
     return status
+
+
+def _artifact_record(
+    artifact: ArtifactState, pods: Sequence[Mapping[str, Any]], previous: Mapping[str, Any]
+) -> dict[str, Any] | None:
+    """``status.artifact``: the operator's resolution, else what a pod's fetcher reported
+    (kept once reported, while ``spec.model`` is unchanged)."""
+    recorded = artifact_status(artifact) or reported_artifact(artifact, pods)
+    if recorded is None and artifact.resolution is None and not artifact.refused:
+        kept = previous.get("artifact") or {}
+        if kept.get("modelHash") == artifact.model_hash:
+            recorded = dict(kept)
+    return recorded
 
 
 def _workload_conditions(
@@ -208,6 +247,7 @@ def _workload_conditions(
     rolled_out = current and updated >= desired and replicas == desired and ready >= desired
 
     problem = pod_problem(observed.pods)
+    loading = fetching(observed.pods)
     stuck = _deployment_stuck(deployment)
     if problem is None and stuck is not None:
         problem = ("ProgressDeadlineExceeded", stuck)
@@ -225,6 +265,12 @@ def _workload_conditions(
         ready_cond = cond("Ready", True, "Available", message)
         progressing = cond("Progressing", False, "RolloutComplete", message)
         phase = "Ready"
+    elif loading and not problem and ready == 0:
+        # No replica serves yet and the init containers are still downloading.
+        message = f"pod {', '.join(loading)} fetching the model into the cache"
+        ready_cond = cond("Ready", False, "Fetching", message)
+        progressing = cond("Progressing", True, "Fetching", message)
+        phase = "Fetching"
     else:
         message = f"{ready}/{desired} replicas ready, {updated}/{desired} updated"
         reason = problem[0] if problem else "RollingOut"

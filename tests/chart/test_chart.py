@@ -30,6 +30,7 @@ from e2e.cluster.tools import client_bin_dir
 from pydantic.alias_generators import to_camel
 
 from modeldeploy.config import OperatorConfig
+from modeldeploy.fetch.resolve import SETTINGS_VARS
 from modeldeploy.metrics import (
     API_WRITES,
     LAST_ERROR,
@@ -243,10 +244,13 @@ def test_chart_planning_defaults_are_the_operators_defaults() -> None:
     schema = json.loads((CHART / "values.schema.json").read_text())
     expected = {to_camel(f.name): getattr(OperatorConfig(), f.name) for f in fields(OperatorConfig)}
     expected = {k: list(v) if isinstance(v, tuple) else v for k, v in expected.items()}
+    expected["sourceSettings"] = {}  # a mapping in YAML; settings.py turns it into pairs
     # The fetch image defaults to the chart's own operator image, which is the same.
     assert values["planning"].pop("operatorImage") == ""
     assert values["planning"] == {k: v for k, v in expected.items() if k != "operatorImage"}
     assert set(schema["properties"]["planning"]["properties"]) == set(expected)
+    allowed = schema["properties"]["planning"]["properties"]["sourceSettings"]["propertyNames"]
+    assert set(allowed["enum"]) == set(SETTINGS_VARS)
     chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
     assert expected["operatorImage"] == f"{values['image']['repository']}:{chart['appVersion']}"
 
@@ -344,7 +348,9 @@ def test_rbac_grants_no_wildcards_secrets_or_escalation() -> None:
                 continue
             for group, resource, verb, _ in rule_set(obj["rules"]):
                 assert "*" not in (group, resource, verb), (name, obj["kind"])
-                assert resource not in ("secrets", "configmaps"), (name, resource)
+                assert resource != "configmaps", (name, resource)
+                # Secrets only by name (spec.model.credentialsSecret): never list or watch.
+                assert resource != "secrets" or verb == "get", (name, verb)
                 assert verb not in ("escalate", "bind", "impersonate", "deletecollection")
                 assert not (verb == "get" and resource.startswith("pods/")), resource
 

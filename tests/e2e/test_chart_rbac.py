@@ -21,7 +21,8 @@ The scenario, per namespace:
 - before the operators start: a ModelDeployment ``early`` (read by the initial listing);
 - once they run, and after a refused watch has been given up (Kopf retries a refused
   request for about a minute, re-listing meanwhile, then stops that watch): ``a`` (model
-  cache on: Deployment, Service and PVC are created), ``b`` (cache off) with three stale
+  cache on: Deployment, Service and PVC are created; its source is private, so the
+  operator reads the Secret it names to resolve it), ``b`` (cache off) with three stale
   children owned by it (pruned), ``d`` (0 replicas, so its PVC is unused), ``e`` (two
   replicas of 100Gi: one cannot be scheduled), and ``c``, which asks for a GPU product
   that only a node created at that moment has;
@@ -57,6 +58,8 @@ RUN_LABEL = "modeldeploy.io/e2e-rbac"
 OWNER_LABEL = "modeldeploy.io/model-deployment"
 MANAGED = {"app.kubernetes.io/managed-by": "modeldeploy"}
 FINALIZER = "modeldeploy.io/finalizer"
+HUB_SECRET = "hub-token"  # a's spec.model.credentialsSecret: the operator reads it to resolve
+HUB_TOKEN = "hf_rbacTestTokenNeverLogged"
 
 # Rules that stay although removing one does not break this scenario on this cluster.
 KEPT: dict[tuple[str, str, tuple[str, ...]], str] = {
@@ -183,6 +186,9 @@ class Run:
             },
         )
         self.core.create_namespaced_service_account(ns, {"metadata": {"name": "operator"}})
+        self.core.create_namespaced_secret(
+            ns, {"metadata": {"name": HUB_SECRET}, "stringData": {"HF_TOKEN": HUB_TOKEN}}
+        )
         rules = [
             {"apiGroups": [g], "resources": [r], "verbs": list(verbs)}
             | ({"resourceNames": list(names)} if names else {})
@@ -250,8 +256,11 @@ class Run:
         return created
 
     def create_models(self, namespace: str) -> None:
-        """a, b with stale children, c (needs the new node), d (scaled to zero), e."""
-        self.create(namespace, model("a"))
+        """a (private source), b with stale children, c (needs the new node), d (scaled to
+        zero), e."""
+        a = model("a")
+        a["spec"]["model"]["credentialsSecret"] = HUB_SECRET
+        self.create(namespace, a)
         b = self.create(namespace, model("b", cache={"enabled": False}))
         self.create(namespace, model("c", hardware={"gpu": {"products": [self.product]}}))
         self.create(namespace, model("d", replicas=0))
@@ -579,6 +588,7 @@ def test_the_control_does_the_whole_job_with_every_rule(rbac_run: Run) -> None:
     assert control.failures == [], control.operator.log()[-3000:]
     refused = re.findall(r'cannot \w+ resource \\?"[\w/.]+\\?"', control.operator.log())
     assert refused == [], refused
+    assert HUB_TOKEN not in control.operator.log()
 
 
 @pytest.mark.parametrize("rule", REMOVABLE, ids=rule_id)

@@ -63,4 +63,10 @@ purpose, so that each can be shown to be needed on its own (tests/e2e/test_chart
 - apiGroups: [""]
   resources: [events]
   verbs: [create]
+# The Secret a ModelDeployment names in spec.model.credentialsSecret, read by name when
+# the operator resolves a private source before planning; never listed or watched, and
+# its values are kept nowhere.
+- apiGroups: [""]
+  resources: [secrets]
+  verbs: [get]
 {{- end }}

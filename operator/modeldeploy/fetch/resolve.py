@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from modeldeploy.fetch.artifact import ArtifactFile, Resolution, derive_revision, pin_mismatches
 from modeldeploy.fetch.download import (
+    DownloadOptions,
     HttpLocation,
     RetryableError,
     is_transient_status,
@@ -32,7 +33,7 @@ from modeldeploy.fetch.gguf_header import read_architecture
 from modeldeploy.fetch.request import FetchRequest
 from modeldeploy.fetch.select import select_files
 from modeldeploy.fetch.sources import open_source
-from modeldeploy.fetch.sources.base import LocalLocation, Source
+from modeldeploy.fetch.sources.base import PLAIN_HTTP_HOSTS_VAR, LocalLocation, Source
 from modeldeploy.fetch.uri import SourceURI
 
 if TYPE_CHECKING:
@@ -74,12 +75,15 @@ def resolve(
     env: Mapping[str, str] | None = None,
     source: Source | None = None,
     read_metadata: bool = True,
+    options: DownloadOptions | None = None,
 ) -> Resolution:
     """Resolve a request to one immutable revision and its exact files (see module docstring)."""
     env = os.environ if env is None else env
     uri = request.uri
     own = source is None
     source = source or open_source(uri, env)
+    if options is not None:
+        source.options = options
     try:
         return _resolve(request, uri, source, read_metadata)
     finally:
@@ -153,6 +157,7 @@ SETTINGS_VARS = (
     "AWS_DEFAULT_REGION",
     "STORAGE_EMULATOR_HOST",
     "MODELDEPLOY_OCI_PLAIN_HTTP",
+    PLAIN_HTTP_HOSTS_VAR,
 )
 AMBIENT_CREDENTIALS_VAR = "MODELDEPLOY_AMBIENT_CREDENTIALS"
 
@@ -163,6 +168,7 @@ def resolve_model(
     credentials: Mapping[str, str] | None = None,
     settings: Mapping[str, str] | None = None,
     read_metadata: bool = True,
+    options: DownloadOptions | None = None,
 ) -> Resolution:
     """Resolve ``spec.model`` for the operator, before planning.
 
@@ -174,4 +180,6 @@ def resolve_model(
     if settings is None:
         settings = {k: v for k, v in os.environ.items() if k in SETTINGS_VARS}
     env = {**settings, **(credentials or {}), AMBIENT_CREDENTIALS_VAR: "false"}
-    return resolve(FetchRequest.from_model(model), env=env, read_metadata=read_metadata)
+    return resolve(
+        FetchRequest.from_model(model), env=env, read_metadata=read_metadata, options=options
+    )

@@ -21,6 +21,7 @@ from typing import Any
 from modeldeploy.api import GROUP_VERSION, KIND, ModelDeployment
 from modeldeploy.catalog import Accelerator, Engine
 from modeldeploy.config import OperatorConfig
+from modeldeploy.fetch.artifact import Resolution
 from modeldeploy.fetch.podspec import fetch_init_container
 from modeldeploy.hardware import Placement
 from modeldeploy.runtimes import (
@@ -78,15 +79,39 @@ def spec_hash(template: dict[str, Any]) -> str:
 
 
 def render_objects(
-    md: ModelDeployment, placement: Placement, config: OperatorConfig
+    md: ModelDeployment,
+    placement: Placement,
+    config: OperatorConfig,
+    resolution: Resolution | None = None,
 ) -> list[dict[str, Any]]:
-    """The children of a ModelDeployment: cache PVC (if enabled), Deployment, Service."""
+    """The children of a ModelDeployment: shared cache PVC (if any), Deployment, Service.
+
+    ``resolution`` (the operator's resolution of ``spec.model``) pins the revision the init
+    container fetches and the engine serves, and sizes the cache from the real files.
+    """
     objects: list[dict[str, Any]] = []
-    if md.spec.cache.enabled:
-        objects.append(render_cache_claim(md, placement, config))
-    objects.append(render_deployment(md, placement, config))
+    if shared_cache(md):
+        objects.append(render_cache_claim(md, placement, config, resolution))
+    objects.append(render_deployment(md, placement, config, resolution))
     objects.append(render_service(md, placement, config))
     return objects
+
+
+def shared_cache(md: ModelDeployment) -> bool:
+    """Whether the replicas share one cache claim: its access mode must allow it.
+
+    A ReadWriteOnce claim attaches to one node only, so when
+    more than one replica may run, each pod gets its own claim (a generic ephemeral volume,
+    created and deleted with the pod) instead.
+    """
+    cache = md.spec.cache
+    if not cache.enabled:
+        return False
+    if cache.access_mode == "ReadWriteMany":
+        return True
+    autoscaling = md.spec.autoscaling
+    most = max(md.spec.replicas, autoscaling.max_replicas if autoscaling.enabled else 0)
+    return most <= 1
 
 
 def _metadata(md: ModelDeployment, name: str, component: str, engine: str) -> dict[str, Any]:
@@ -109,30 +134,55 @@ def _metadata(md: ModelDeployment, name: str, component: str, engine: str) -> di
     return metadata
 
 
-def cache_size_bytes(md: ModelDeployment, placement: Placement, config: OperatorConfig) -> int:
-    """``cache.size: auto``: the weights plus headroom, in whole GiB (PVCs only grow)."""
-    wanted = max(config.min_cache_bytes, placement.memory.weights_bytes * config.cache_headroom)
+def cache_size_bytes(
+    md: ModelDeployment,
+    placement: Placement,
+    config: OperatorConfig,
+    resolution: Resolution | None = None,
+) -> int:
+    """``cache.size: auto``: the resolved files (else the estimated weights) plus headroom,
+    in whole GiB, at least ``min_cache_bytes`` (the reconcile never shrinks a claim)."""
+    payload = resolution.total_bytes if resolution else placement.memory.weights_bytes
+    wanted = max(config.min_cache_bytes, payload * config.cache_headroom)
     return math.ceil(wanted / GIB) * GIB
 
 
-def _cache_size(md: ModelDeployment, placement: Placement, config: OperatorConfig) -> str:
+def _cache_size(
+    md: ModelDeployment,
+    placement: Placement,
+    config: OperatorConfig,
+    resolution: Resolution | None,
+) -> str:
     size = md.spec.cache.size
     if size != "auto":
         return size
-    return f"{cache_size_bytes(md, placement, config) // GIB}Gi"
+    return f"{cache_size_bytes(md, placement, config, resolution) // GIB}Gi"
 
 
-def render_cache_claim(
-    md: ModelDeployment, placement: Placement, config: OperatorConfig
+def _claim_spec(
+    md: ModelDeployment,
+    placement: Placement,
+    config: OperatorConfig,
+    resolution: Resolution | None,
 ) -> dict[str, Any]:
-    """The PersistentVolumeClaim the replicas share as model cache."""
     cache = md.spec.cache
     spec: dict[str, Any] = {
         "accessModes": [cache.access_mode],
-        "resources": {"requests": {"storage": _cache_size(md, placement, config)}},
+        "resources": {"requests": {"storage": _cache_size(md, placement, config, resolution)}},
     }
     if cache.storage_class_name:
         spec["storageClassName"] = cache.storage_class_name
+    return spec
+
+
+def render_cache_claim(
+    md: ModelDeployment,
+    placement: Placement,
+    config: OperatorConfig,
+    resolution: Resolution | None = None,
+) -> dict[str, Any]:
+    """The PersistentVolumeClaim the replicas share as model cache."""
+    spec = _claim_spec(md, placement, config, resolution)
     return {
         "apiVersion": "v1",
         "kind": "PersistentVolumeClaim",
@@ -168,13 +218,18 @@ def render_service(
 
 
 def render_container(
-    md: ModelDeployment, placement: Placement, config: OperatorConfig
+    md: ModelDeployment,
+    placement: Placement,
+    config: OperatorConfig,
+    resolution: Resolution | None = None,
 ) -> dict[str, Any]:
     """The engine container: launcher command, engine flags, env, port, probes, limits."""
     engine = str(placement.engine)
     runtime = vllm_runtime if placement.engine is Engine.VLLM else llamacpp_runtime
     user_env = [variable.model_dump() for variable in md.spec.serving.env]
-    env = merge_env(model_env(md, placement, config) + runtime.engine_env(), user_env)
+    revision = resolution.revision if resolution else None
+    ours = model_env(md, placement, config, revision) + runtime.engine_env()
+    env = merge_env(ours, user_env)
     mounts = [
         {"name": "tmp", "mountPath": "/tmp"},
         {"name": CACHE_VOLUME, "mountPath": config.cache_mount_path},
@@ -201,38 +256,61 @@ def render_container(
     }
 
 
-def _fetch_init(md: ModelDeployment, config: OperatorConfig) -> tuple[dict[str, Any], list[Any]]:
+def _fetch_init(
+    md: ModelDeployment, config: OperatorConfig, resolution: Resolution | None
+) -> tuple[dict[str, Any], list[Any]]:
     return fetch_init_container(
         md.spec.model,
         image=config.operator_image,
         cache_mount_path=config.cache_mount_path,
         cache_volume=CACHE_VOLUME,
-        revision=md.spec.model.revision,
+        revision=resolution.revision if resolution else md.spec.model.revision,
+        settings=dict(config.source_settings),
         image_pull_policy=config.image_pull_policy,
     )
 
 
 def init_containers(
-    md: ModelDeployment, placement: Placement, config: OperatorConfig
+    md: ModelDeployment,
+    placement: Placement,
+    config: OperatorConfig,
+    resolution: Resolution | None = None,
 ) -> list[dict[str, Any]]:
-    """Init containers of the pod: the artifact fetcher (DESIGN.md §5), which resolves,
-    downloads and verifies the model into the cache volume before the engine starts."""
-    return [_fetch_init(md, config)[0]]
+    """Init containers of the pod: the artifact fetcher (DESIGN.md §5), which downloads and
+    verifies the model (the resolved revision when known) into the cache volume before the
+    engine starts."""
+    return [_fetch_init(md, config, resolution)[0]]
 
 
-def _volumes(md: ModelDeployment, placement: Placement, config: OperatorConfig) -> list[Any]:
-    volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {}}]
+def _cache_volume(
+    md: ModelDeployment,
+    placement: Placement,
+    config: OperatorConfig,
+    resolution: Resolution | None,
+) -> dict[str, Any]:
+    if shared_cache(md):
+        claim = {"claimName": cache_claim_name(md.name)}
+        return {"name": CACHE_VOLUME, "persistentVolumeClaim": claim}
     if md.spec.cache.enabled:
-        volumes.append(
-            {
-                "name": CACHE_VOLUME,
-                "persistentVolumeClaim": {"claimName": cache_claim_name(md.name)},
-            }
-        )
-    else:
-        size = cache_size_bytes(md, placement, config) // GIB
-        volumes.append({"name": CACHE_VOLUME, "emptyDir": {"sizeLimit": f"{size}Gi"}})
-    volumes.extend(_fetch_init(md, config)[1])
+        # One claim per pod, named POD-model-cache by the ephemeral volume controller.
+        template = {
+            "metadata": {"labels": labels(md.name, COMPONENT_CACHE, str(placement.engine))},
+            "spec": _claim_spec(md, placement, config, resolution),
+        }
+        return {"name": CACHE_VOLUME, "ephemeral": {"volumeClaimTemplate": template}}
+    size = cache_size_bytes(md, placement, config, resolution) // GIB
+    return {"name": CACHE_VOLUME, "emptyDir": {"sizeLimit": f"{size}Gi"}}
+
+
+def _volumes(
+    md: ModelDeployment,
+    placement: Placement,
+    config: OperatorConfig,
+    resolution: Resolution | None,
+) -> list[Any]:
+    volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {}}]
+    volumes.append(_cache_volume(md, placement, config, resolution))
+    volumes.extend(_fetch_init(md, config, resolution)[1])
     if placement.engine is Engine.VLLM:
         # NCCL and vLLM's worker queues use /dev/shm; the default 64 MiB is far too small.
         shm = SHM_BYTES_PER_GPU * max(1, placement.gpus_per_replica) // GIB
@@ -241,7 +319,10 @@ def _volumes(md: ModelDeployment, placement: Placement, config: OperatorConfig) 
 
 
 def render_pod_template(
-    md: ModelDeployment, placement: Placement, config: OperatorConfig
+    md: ModelDeployment,
+    placement: Placement,
+    config: OperatorConfig,
+    resolution: Resolution | None = None,
 ) -> dict[str, Any]:
     """The pod template, without its hash annotation."""
     engine = str(placement.engine)
@@ -272,11 +353,11 @@ def render_pod_template(
             "labelSelector": {"matchLabels": selector_labels(md.name)},
         }
     ]
-    init = init_containers(md, placement, config)
+    init = init_containers(md, placement, config, resolution)
     if init:
         spec["initContainers"] = init
-    spec["containers"] = [render_container(md, placement, config)]
-    spec["volumes"] = _volumes(md, placement, config)
+    spec["containers"] = [render_container(md, placement, config, resolution)]
+    spec["volumes"] = _volumes(md, placement, config, resolution)
     return {
         "metadata": {
             "labels": labels(md.name, COMPONENT_SERVER, engine),
@@ -291,10 +372,13 @@ def render_pod_template(
 
 
 def render_deployment(
-    md: ModelDeployment, placement: Placement, config: OperatorConfig
+    md: ModelDeployment,
+    placement: Placement,
+    config: OperatorConfig,
+    resolution: Resolution | None = None,
 ) -> dict[str, Any]:
     """The Deployment of the engine, with the pod template's hash for rollouts."""
-    template = render_pod_template(md, placement, config)
+    template = render_pod_template(md, placement, config, resolution)
     digest = spec_hash(template)
     template["metadata"]["annotations"][ANNOTATION_SPEC_HASH] = digest
     metadata = _metadata(md, md.name, COMPONENT_SERVER, str(placement.engine))

@@ -85,10 +85,17 @@ def drain_seconds(config: OperatorConfig) -> int:
 
 
 def model_env(
-    md: ModelDeployment, placement: Placement, config: OperatorConfig
+    md: ModelDeployment,
+    placement: Placement,
+    config: OperatorConfig,
+    revision: str | None = None,
 ) -> list[dict[str, Any]]:
-    """What the launcher needs: the model (source, revision, files, cache), pod IP, drain."""
+    """What the launcher needs: the model (source, revision, files, cache), pod IP, drain.
+
+    ``revision`` is the resolved one the init container fetched; else the spec's.
+    """
     model = md.spec.model
+    revision = revision or model.revision
     env: list[dict[str, Any]] = [
         {"name": "MODELDEPLOY_MODEL_SOURCE", "value": model.source},
         {"name": "MODELDEPLOY_MODEL_FORMAT", "value": str(placement.format)},
@@ -99,8 +106,8 @@ def model_env(
         {"name": POD_IP_ENV, "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
         {"name": "HOME", "value": "/tmp"},
     ]
-    if model.revision:
-        env.insert(1, {"name": "MODELDEPLOY_MODEL_REVISION", "value": model.revision})
+    if revision:
+        env.insert(1, {"name": "MODELDEPLOY_MODEL_REVISION", "value": revision})
     if model.files:
         env.append({"name": "MODELDEPLOY_MODEL_FILES", "value": ",".join(model.files)})
     return env

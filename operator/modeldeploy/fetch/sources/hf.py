@@ -44,7 +44,12 @@ class HubSource(Source):
         wanted = revision or self.uri.reference or "main"
         api = HfApi(endpoint=self.endpoint, token=self._token or False, library_name="modeldeploy")
         info = self._call(
-            lambda: api.model_info(self.repo_id, revision=wanted, files_metadata=True)
+            lambda: api.model_info(
+                self.repo_id,
+                revision=wanted,
+                files_metadata=True,
+                timeout=self.options.read_timeout,
+            )
         )
         if not info.sha:
             raise FetchError(f"hf://{self.repo_id}: the Hub returned no commit for {wanted!r}")
@@ -107,6 +112,12 @@ class HubSource(Source):
                 if status is not None and (status >= 500 or status == 429):
                     raise RetryableError(f"HTTP {status}") from None
                 raise FetchError(f"hf://{self.repo_id}: Hub API error HTTP {status}") from None
+            except Exception as error:
+                # huggingface_hub's HTTP client (httpx, or its httpx2 fork in 2.x) raises its
+                # own TransportError for DNS, connect and read failures: transient.
+                if _is_transport_error(error):
+                    raise RetryableError(f"{type(error).__name__}: {error}") from None
+                raise
 
         return retry_call(attempt, what=f"hf://{self.repo_id}", options=self.options)
 
@@ -117,6 +128,12 @@ class HubSource(Source):
         url = hf_hub_url(self.repo_id, file.name, revision=revision, endpoint=self.endpoint)
         headers = build_hf_headers(token=self._token or False, library_name="modeldeploy")
         return HttpLocation(url, headers)
+
+
+def _is_transport_error(error: Exception) -> bool:
+    return isinstance(error, OSError) or any(
+        cls.__name__ == "TransportError" for cls in type(error).__mro__
+    )
 
 
 def _status(error: Exception) -> int | None:

@@ -1,0 +1,214 @@
+"""What the operator knows of a ModelDeployment's artifact, and what that means for status.
+
+The operator resolves ``spec.model`` before it plans (``resolver.py``): sizing then reads
+the real architecture, the fetch init container downloads exactly the resolved revision,
+and ``status.artifact`` records it. This module owns the pure side of that: the outcome
+of one resolution (``ArtifactState``), its round trip through ``status.artifact`` (so a
+restarted operator plans the same objects without asking the source again), what the
+fetch init containers reported in their termination messages, and the
+``ArtifactVerified`` condition.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from modeldeploy.api import ModelSource
+from modeldeploy.fetch.artifact import ArtifactFile, Resolution
+from modeldeploy.fetch.podspec import INIT_CONTAINER
+from modeldeploy.sizing import GIB, ModelArchitecture
+
+CONDITION = "ArtifactVerified"
+
+# Failures of resolution that waiting does not cure: the spec or the source must change.
+# (The FetchError reasons of fetch/errors.py.)
+REFUSING_REASONS = frozenset(
+    {"DigestMismatch", "SourceChanged", "FileSelectionFailed", "FileMissing", "CredentialDenied"}
+)
+
+
+@dataclass(frozen=True)
+class ArtifactState:
+    """The outcome of resolving ``spec.model``: a resolution, or why there is none.
+
+    ``reason`` is ``Resolved``, one of ``REFUSING_REASONS`` (the ModelDeployment is refused),
+    ``SourceUnreachable`` (retried; planning falls back to the spec's hints) or
+    ``ResolvedByFetcher`` (a source only the pod can read, such as ``pvc://``).
+    """
+
+    resolution: Resolution | None
+    reason: str
+    message: str
+    model_hash: str
+    source: str  # canonical source URI
+
+    @property
+    def refused(self) -> bool:
+        """Whether this outcome refuses the ModelDeployment."""
+        return self.reason in REFUSING_REASONS
+
+
+def model_hash(model: ModelSource) -> str:
+    """A short digest of ``spec.model``: a change of it means resolving again."""
+    text = json.dumps(model.model_dump(mode="json", by_alias=True), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part.title() for part in rest)
+
+
+_ARCHITECTURE_FIELDS = {_camel(f.name): f.name for f in dataclasses.fields(ModelArchitecture)}
+
+
+def architecture_status(architecture: ModelArchitecture) -> dict[str, Any]:
+    """``status.artifact.architecture``: the facts sizing read, camelCase, None left out."""
+    values = dataclasses.asdict(architecture)
+    return {camel: values[name] for camel, name in _ARCHITECTURE_FIELDS.items() if values[name]}
+
+
+def artifact_status(state: ArtifactState) -> dict[str, Any] | None:
+    """The ``status.artifact`` mapping of a resolved state, else None."""
+    if state.resolution is None:
+        return None
+    out = state.resolution.as_status()
+    if state.resolution.architecture is not None:
+        out["architecture"] = architecture_status(state.resolution.architecture)
+    out["modelHash"] = state.model_hash
+    return out
+
+
+def state_from_status(status: Mapping[str, Any], model: ModelSource) -> ArtifactState | None:
+    """The resolution recorded in ``status.artifact`` if it was made for this ``spec.model``."""
+    recorded = status.get("artifact") or {}
+    digest = model_hash(model)
+    if recorded.get("modelHash") != digest or not recorded.get("resolvedRevision"):
+        return None
+    architecture = None
+    if recorded.get("architecture"):
+        facts = recorded["architecture"]
+        architecture = ModelArchitecture(
+            **{name: facts[camel] for camel, name in _ARCHITECTURE_FIELDS.items() if camel in facts}
+        )
+    files = tuple(
+        ArtifactFile(f["name"], int(f.get("sizeBytes") or 0), f.get("sha256"))
+        for f in recorded.get("files") or []
+    )
+    resolution = Resolution(
+        source=recorded["source"],
+        revision=recorded["resolvedRevision"],
+        format=recorded.get("format") or "gguf",
+        quantization=recorded.get("quantization"),
+        files=files,
+        license=recorded.get("license"),
+        architecture=architecture,
+    )
+    return ArtifactState(resolution, "Resolved", describe(resolution), digest, resolution.source)
+
+
+def describe(resolution: Resolution) -> str:
+    """One line: the revision, the file count and the size."""
+    count = len(resolution.files)
+    size = resolution.total_bytes / GIB
+    noun = "file" if count == 1 else "files"
+    return f"{resolution.source} resolved to {resolution.revision}: {count} {noun}, {size:.2f} GiB"
+
+
+@dataclass(frozen=True)
+class FetchReport:
+    """What one pod's fetch init container said when it last ended."""
+
+    pod: str
+    exit_code: int
+    result: Mapping[str, Any]  # the fetcher's JSON termination message, {} when absent
+
+
+def fetch_reports(pods: Sequence[Mapping[str, Any]]) -> list[FetchReport]:
+    """The fetch init containers that have ended, newest state first per pod."""
+    reports = []
+    for pod in pods:
+        name = pod.get("metadata", {}).get("name", "?")
+        for container in pod.get("status", {}).get("initContainerStatuses") or []:
+            if container.get("name") != INIT_CONTAINER:
+                continue
+            ended = (container.get("state") or {}).get("terminated") or (
+                container.get("lastState") or {}
+            ).get("terminated")
+            if not ended:
+                continue
+            try:
+                result = json.loads(ended.get("message") or "{}")
+            except ValueError:
+                result = {}
+            if not isinstance(result, dict):
+                result = {}
+            reports.append(FetchReport(name, int(ended.get("exitCode") or 0), result))
+    return reports
+
+
+def fetching(pods: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Pods whose fetch init container is running now."""
+    names = []
+    for pod in pods:
+        for container in pod.get("status", {}).get("initContainerStatuses") or []:
+            if container.get("name") == INIT_CONTAINER and (container.get("state") or {}).get(
+                "running"
+            ):
+                names.append(pod.get("metadata", {}).get("name", "?"))
+    return names
+
+
+def artifact_condition(
+    state: ArtifactState, pods: Sequence[Mapping[str, Any]]
+) -> tuple[str, str, str]:
+    """``ArtifactVerified`` as (status, reason, message) from the resolution and the pods.
+
+    True once a pod's fetcher exited 0 for the resolved revision: it published the files
+    only after their sha256 matched the pinned or published digests. False when resolution
+    refused the source or a fetcher found other bytes than pinned. Unknown otherwise.
+    """
+    if state.refused:
+        return "False", state.reason, state.message
+    revision = state.resolution.revision if state.resolution else None
+    for report in fetch_reports(pods):
+        reason = str(report.result.get("reason") or "")
+        if report.exit_code != 0 and reason in REFUSING_REASONS:
+            error = report.result.get("error") or f"exited {report.exit_code}"
+            return "False", reason, f"pod {report.pod}: {error}"
+        fetched = report.result.get("revision")
+        if report.exit_code == 0 and (revision is None or fetched in (None, revision)):
+            files = report.result.get("files") or []
+            what = f"{len(files)} file(s) of {fetched or revision}" if files else "the files"
+            return "True", "Verified", f"pod {report.pod} verified the sha256 of {what}"
+    if state.resolution is not None:
+        return "Unknown", "Resolved", f"{state.message}; each pod verifies sha256 as it fetches"
+    return "Unknown", state.reason, state.message
+
+
+def reported_artifact(
+    state: ArtifactState, pods: Sequence[Mapping[str, Any]]
+) -> dict[str, Any] | None:
+    """``status.artifact`` from a fetcher's report, for sources the operator cannot resolve."""
+    for report in fetch_reports(pods):
+        if report.exit_code != 0 or not report.result.get("revision"):
+            continue
+        files = [
+            {"name": f["name"], "sizeBytes": int(f.get("size") or 0)}
+            | ({"sha256": f["sha256"]} if f.get("sha256") else {})
+            for f in report.result.get("files") or []
+            if isinstance(f, dict) and f.get("name")
+        ]
+        return {
+            "source": state.source,
+            "resolvedRevision": str(report.result["revision"]),
+            "files": files,
+            "totalBytes": sum(f["sizeBytes"] for f in files),
+            "modelHash": state.model_hash,
+        }
+    return None
