@@ -9,8 +9,10 @@ One run, three measurements, printed as JSON:
   same server (the Range stand-in of the tests, serving with sendfile); target >= 0.9x curl;
 - a warm-cache fetch with the resolved revision pinned: its wall time (target < 1 s) and
   the bytes the server sent (target 0);
-- a fetch killed (SIGKILL) once the server has sent half the file, then run again: the
-  bytes the second run transferred (target <= half the file plus one chunk).
+- a fetch killed (SIGKILL) once it holds half the file (its resume journal records half the
+  bytes as written), then run again: the bytes the second run transferred (target <= half
+  the file plus one chunk). The server has sent more by then: what sits in the kernel's
+  socket buffers when a process dies is lost to any fetcher, and is reported apart.
 
 Not a test: nothing here asserts; the numbers go in the closing note of issue 5.
 """
@@ -31,8 +33,11 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "operator"))
 
 from tests.unit.fetch.standins import RangeServer  # noqa: E402
+
+from modeldeploy.fetch.download import journaled_bytes  # noqa: E402
 
 NAME = "bench-Q4_K_M.gguf"
 MIB = 1024 * 1024
@@ -51,6 +56,15 @@ def make_payload(path: Path, size: int) -> str:
     return digest.hexdigest()
 
 
+def cli_chunk_bytes() -> int:
+    """The range size of ``modeldeploy fetch`` as the bench runs it (its default --chunk-mib)."""
+    from modeldeploy.fetch.cli import configure_parser
+
+    parser = argparse.ArgumentParser()
+    configure_parser(parser)
+    return int(parser.get_default("chunk_mib")) * MIB
+
+
 def fetch_argv(server: RangeServer, cache: Path, digest: str, *extra: str) -> list[str]:
     return [
         sys.executable, "-m", "modeldeploy.fetch",
@@ -67,6 +81,11 @@ def run_fetch(argv: list[str], env: dict[str, str]) -> tuple[float, dict[str, ob
     done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600, check=True)
     elapsed = time.perf_counter() - start
     return elapsed, json.loads(done.stdout)
+
+
+def journaled(cache: Path) -> int:
+    """Bytes the resume journals under ``cache`` record as written."""
+    return sum(journaled_bytes(path) for path in cache.rglob("*.part.journal"))
 
 
 def drop_caches_of(path: Path) -> None:
@@ -124,7 +143,7 @@ def main() -> None:
         shutil.rmtree(cold_cache)
         drop_caches_of(payload)
 
-        # Resume: SIGKILL once half the file has left the server, then fetch again.
+        # Resume: SIGKILL once the fetcher holds half the file, then fetch again.
         server.reset_counters()
         resume_cache = work / "resume"
         victim = subprocess.Popen(
@@ -132,17 +151,18 @@ def main() -> None:
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         deadline = time.monotonic() + 600
-        while server.total_served() < size // 2 and victim.poll() is None:
+        while journaled(resume_cache) < size // 2 and victim.poll() is None:
             if time.monotonic() > deadline:
                 raise TimeoutError("the fetch to be killed never reached half the file")
             time.sleep(0.005)
         victim.send_signal(signal.SIGKILL)
         victim.wait(30)
         served_before_kill = server.total_served()
+        held_at_kill = journaled(resume_cache)
         server.reset_counters()
         _, resumed = run_fetch(fetch_argv(server, resume_cache, digest), env)
         resume_bytes = server.total_served()
-        chunk = 8 * MIB  # the CLI's default --chunk-mib
+        chunk = cli_chunk_bytes()
     finally:
         server.stop()
         shutil.rmtree(work, ignore_errors=True)
@@ -165,11 +185,13 @@ def main() -> None:
             "target": "< 1 s, 0 bytes",
         },
         "resume": {
-            "servedBeforeKill": served_before_kill,
+            "journaledAtKill": held_at_kill,
             "bytesAfterResume": resume_bytes,
-            # Sent by the server before the kill but never received: kernel socket buffers
-            # and the unrecorded tail (<= 256 KiB) of each connection's chunk.
-            "lostInFlight": served_before_kill - (size - resume_bytes),
+            "resumedExactlyTheRest": resume_bytes == size - held_at_kill,
+            "servedBeforeKill": served_before_kill,
+            # Sent by the server before the kill but never read by the fetcher: bytes in
+            # kernel socket buffers (the server's send queues, the fetcher's receive queues).
+            "lostInSocketBuffers": served_before_kill - held_at_kill,
             "limit": size // 2 + chunk,
             "withinLimit": resume_bytes <= size // 2 + chunk,
             "verifiedSha256": resumed["files"][0]["sha256"] == digest,  # type: ignore[index]

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -139,10 +139,17 @@ def existing_cluster() -> ClusterHandle | None:
 class OperatorProcess:
     """``modeldeploy run`` as a subprocess serving one namespace, with its metrics."""
 
-    def __init__(self, kubeconfig: Path, namespace: str, resync_seconds: float = 1.0) -> None:
+    def __init__(
+        self,
+        kubeconfig: Path,
+        namespace: str,
+        resync_seconds: float = 1.0,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
         self.kubeconfig = kubeconfig
         self.namespace = namespace
         self.resync_seconds = resync_seconds
+        self.env = dict(env or {})  # added to the operator's environment (HF_ENDPOINT, ...)
         self.metrics_port = free_port()
         self.health_port = free_port()
         self.log_path = Path(tempfile.mkstemp(prefix="modeldeploy-operator-", suffix=".log")[1])
@@ -158,7 +165,12 @@ class OperatorProcess:
             "--health-port", str(self.health_port),
             "--bind-address", "127.0.0.1",
         ]  # fmt: skip
-        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "PYTHONUNBUFFERED": "1"}
+        env = {
+            **os.environ,
+            **self.env,
+            "KUBECONFIG": str(self.kubeconfig),
+            "PYTHONUNBUFFERED": "1",
+        }
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
         health = f"http://127.0.0.1:{self.health_port}/healthz"

@@ -75,6 +75,12 @@ class ModelMirror:
         """``spec.model`` fields for one file here (see ``pinned_model``)."""
         return pinned_model(self.url(name), sha256)
 
+    def reload(self) -> None:
+        """Take in files rewritten on disk since: a new size or mtime gives a new ETag."""
+        etags = {name: _etag(path) for name, path in self.files.items()}
+        with self._lock:
+            self._etags = etags
+
     def start(self) -> ModelMirror:
         """Start serving in a background thread."""
         self._thread.start()

@@ -181,11 +181,14 @@ def artifact_condition(
         if report.exit_code != 0 and reason in REFUSING_REASONS:
             error = report.result.get("error") or f"exited {report.exit_code}"
             return "False", reason, f"pod {report.pod}: {error}"
+        # Only the fetcher's own report counts: an init container that merely exited 0
+        # (another image, a simulated node) has verified nothing.
         fetched = report.result.get("revision")
-        if report.exit_code == 0 and (revision is None or fetched in (None, revision)):
-            files = report.result.get("files") or []
-            what = f"{len(files)} file(s) of {fetched or revision}" if files else "the files"
-            return "True", "Verified", f"pod {report.pod} verified the sha256 of {what}"
+        if report.exit_code == 0 and fetched and (revision is None or fetched == revision):
+            count = len(report.result.get("files") or [])
+            noun = "file" if count == 1 else "files"
+            message = f"pod {report.pod} verified the sha256 of {count} {noun} of {fetched}"
+            return "True", "Verified", message
     if state.resolution is not None:
         return "Unknown", "Resolved", f"{state.message}; each pod verifies sha256 as it fetches"
     return "Unknown", state.reason, state.message

@@ -131,18 +131,20 @@ class ArtifactResolver:
                 "the files and digests appear here when it has verified them"
             )
             return ArtifactState(None, "ResolvedByFetcher", message, digest, uri.canonical)
-        secrets: list[str] = []
+        # The API server's refusal to read the Secret (403) is not the source's fault: it
+        # propagates, and the operator reports the missing permission.
         try:
             credentials = self._credentials(namespace, model)
-            secrets = [v for v in credentials.values() if len(v) >= 6]
+        except SecretNotFoundError as error:
+            return ArtifactState(None, error.reason, str(error), digest, uri.canonical)
+        secrets = [v for v in credentials.values() if len(v) >= 6]
+        try:
             with _key_file(credentials) as env:
                 resolution = resolve_model(
                     model, credentials=env, settings=self._settings, options=RESOLVE_OPTIONS
                 )
         except FetchError as error:
             reason = error.reason if error.reason in REFUSING_REASONS else "SourceUnreachable"
-            if isinstance(error, SecretNotFoundError):
-                reason = error.reason
             message = redact(str(error), secrets)
         except Exception as error:  # a client library's own network error, DNS, TLS, ...
             reason = "SourceUnreachable"

@@ -95,7 +95,7 @@ def test_gguf_model_is_fetched_served_from_its_pod_ip_and_stopped_with_it(
         node_env=mirror.plain_http_env(),
         path_dirs=[llama_server],
     )
-    operator = OperatorProcess(crd_cluster.kubeconfig, namespace)
+    operator = OperatorProcess(crd_cluster.kubeconfig, namespace, env=mirror.plain_http_env())
     with runner:
         operator.start()
         try:
@@ -145,6 +145,24 @@ def test_gguf_model_is_fetched_served_from_its_pod_ip_and_stopped_with_it(
                 "--timeout=120s", check=False,
             )  # fmt: skip
             assert ready.returncode == 0, ready.stderr + operator.log()[-3000:]
+            # The operator resolved the source before planning and recorded the provenance;
+            # the fetcher's report turned ArtifactVerified True.
+            verified = crd_cluster.kubectl(
+                "wait", "-n", namespace, "--for=condition=ArtifactVerified", f"mdep/{NAME}",
+                "--timeout=60s", check=False,
+            )  # fmt: skip
+            assert verified.returncode == 0, verified.stderr + operator.log()[-3000:]
+            status = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, NAME)[
+                "status"
+            ]
+            artifact = status["artifact"]
+            pinned = gemma_from(mirror)["spec"]["model"]["revision"]
+            assert artifact["resolvedRevision"] == pinned
+            assert artifact["files"] == [
+                {"name": GEMMA_FILE, "sizeBytes": ensure_gemma().stat().st_size,
+                 "sha256": GEMMA_SHA256}
+            ]  # fmt: skip
+            assert artifact["architecture"]["architecture"] == "gemma3"
             pod = core.read_namespaced_pod(pod.metadata.name, namespace)
             statuses = {c.name: c for c in pod.status.container_statuses}
             assert statuses["llamacpp"].ready and statuses["llamacpp"].state.running
@@ -216,7 +234,9 @@ def test_a_fetch_that_fails_verification_is_reported_and_nothing_serves(
         ) as runner,
     ):
         md = gemma_from(mirror, tampered.name)  # gemma's sha256 pinned on another file
-        operator = OperatorProcess(crd_cluster.kubeconfig, namespace).start()
+        operator = OperatorProcess(
+            crd_cluster.kubeconfig, namespace, env=mirror.plain_http_env()
+        ).start()
         try:
             custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, md)
 
@@ -239,5 +259,12 @@ def test_a_fetch_that_fails_verification_is_reported_and_nothing_serves(
             ready = wait_until(reported, timeout=120, what="the failed fetch in status")
             assert ready["status"] == "False"
             assert "exited 3" in ready["message"] and "sha256" in ready["message"]
+            # The fetcher's termination message says why: the bytes are not the pinned ones.
+            status = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, NAME)[
+                "status"
+            ]
+            verified = next(c for c in status["conditions"] if c["type"] == "ArtifactVerified")
+            assert (verified["status"], verified["reason"]) == ("False", "DigestMismatch")
+            assert tampered.name in verified["message"], verified
         finally:
             operator.stop()

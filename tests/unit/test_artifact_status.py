@@ -188,6 +188,8 @@ def test_status_artifact_round_trips_for_the_same_spec_model_only() -> None:
         ([pod(FETCH_RUNNING)], ("Unknown", "Resolved")),
         ([pod(fetch_ended(0, {"revision": REVISION, "files": [{"name": "a"}]}))],
          ("True", "Verified")),
+        # Exit 0 without the fetcher's report (a simulated node) proves nothing either.
+        ([pod(fetch_ended(0, {}))], ("Unknown", "Resolved")),
         # A fetcher of another revision (an older pod) proves nothing about this one.
         ([pod(fetch_ended(0, {"revision": "feedbeef"}))], ("Unknown", "Resolved")),
         ([pod(fetch_ended(3, {"error": "x.gguf: sha256 mismatch", "reason": "DigestMismatch"},

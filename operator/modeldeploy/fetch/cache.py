@@ -7,6 +7,7 @@ Layout under the cache root (one volume, possibly shared by every replica)::
     <root>/<key>/<revision>/.modeldeploy/provenance-<selection>.json
     <root>/<key>/<revision>/.modeldeploy/complete-<selection>   the marker, written last
     <root>/<key>/.partial/<revision>/<files>.part     downloads in progress (resumable)
+    <root>/<key>/.partial/<revision>/<files>.part.journal   how much of each is written
     <root>/<key>/.locks/<revision>.lock               see lock.py
 
 ``key`` is ``sha256(canonical source)[:16]``. A revision directory may hold the files of

@@ -7,11 +7,17 @@ memory, so the digest is ready the moment the last byte lands (no second pass). 
 never run more than ``window`` chunks ahead of the hasher: memory stays under
 ``window * chunk_size``.
 
-Resume: ``NAME.part.json`` (the sidecar) records the chunks already written and how far
-each unfinished chunk got, with the size, chunk size and the source's validator they
-belong to. After an interruption those bytes are read back from local disk for the digest
-(the only re-read, and only after a crash) and only the rest is requested again. A sidecar
-for other bytes (a different validator or size) is discarded.
+Resume: ``NAME.part.journal`` holds, after a header naming the size, chunk size and the
+source's validator, one 8-byte slot per chunk: how many bytes at the chunk's start are in
+``.part``. Workers read whatever has arrived (``transport.read_available``), ``pwrite`` it
+and then update their chunk's slot with one aligned 8-byte ``pwrite``: no rewrite, no
+rename, so it is done after every read. A killed process (SIGKILL, OOM, eviction) thus
+leaves a journal that covers every byte it had received; what it loses is only what was
+still in socket buffers. (Like the data, the journal is not fsynced: after a power loss
+it may claim bytes that never reached the disk, and the sha256 check refuses the file.)
+After an interruption the recorded bytes are read back from local disk for the digest (the
+only re-read, and only after a crash) and only the rest is requested again. A journal for
+other bytes (a different validator, size or chunk size) is discarded.
 
 Transient failures (connection reset, timeouts, 5xx, 429) are retried per chunk with
 exponential backoff and jitter. Nothing here logs a URL or a header: both may carry
@@ -24,10 +30,10 @@ import contextlib
 import functools
 import hashlib
 import http.client
-import json
 import logging
 import os
 import random
+import struct
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -43,12 +49,12 @@ from modeldeploy.fetch.errors import (
     SourceChangedError,
     TransientError,
 )
-from modeldeploy.fetch.transport import Transport, TransportError
+from modeldeploy.fetch.transport import Transport, TransportError, read_available
 
 log = logging.getLogger(__name__)
 
 MIB = 1024 * 1024
-SIDECAR_SUFFIX = ".part.json"
+JOURNAL_SUFFIX = ".part.journal"
 PART_SUFFIX = ".part"
 _READ_SIZE = 1 * MIB
 _T = TypeVar("_T")
@@ -159,71 +165,95 @@ def _size(n: int) -> str:
 
 
 def part_paths(dest: Path) -> tuple[Path, Path]:
-    """The partial file and its sidecar for a destination path."""
-    return dest.with_name(dest.name + PART_SUFFIX), dest.with_name(dest.name + SIDECAR_SUFFIX)
+    """The partial file and its journal for a destination path."""
+    return dest.with_name(dest.name + PART_SUFFIX), dest.with_name(dest.name + JOURNAL_SUFFIX)
 
 
-class _Sidecar:
-    """The record of which bytes of ``.part`` are final: whole chunks and partial prefixes."""
+_JOURNAL_MAGIC = b"MDJRNL01"
+_JOURNAL_HEADER = struct.Struct("<8sQQ32s")  # magic, size, chunk size, sha256(validator)
+_JOURNAL_SLOTS_AT = 64  # slots are 8-byte aligned: one never straddles a page
+_SLOT = struct.Struct("<Q")
+
+
+def journaled_bytes(path: Path) -> int:
+    """How many bytes of its ``.part`` a journal records as written (0 if unreadable)."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return 0
+    if len(data) < _JOURNAL_SLOTS_AT or not data.startswith(_JOURNAL_MAGIC):
+        return 0
+    slots = data[_JOURNAL_SLOTS_AT:]
+    return sum(value for (value,) in _SLOT.iter_unpack(slots[: len(slots) // 8 * 8]))
+
+
+class _Journal:
+    """Per chunk, how many bytes at its start are final in ``.part``; see the module docstring.
+
+    Each worker writes only the slots of the chunks it holds, with positional writes: no
+    lock. The data is written before the slot that vouches for it.
+    """
 
     def __init__(self, path: Path, size: int, chunk_size: int, validator: str) -> None:
         self.path = path
         self.size = size
         self.chunk_size = chunk_size
-        self.validator = validator
-        self.done: set[int] = set()
-        self.partial: dict[int, int] = {}
-        self._lock = threading.Lock()
+        self.count = (size + chunk_size - 1) // chunk_size
+        header = _JOURNAL_HEADER.pack(
+            _JOURNAL_MAGIC, size, chunk_size, hashlib.sha256(validator.encode()).digest()
+        )
+        self._header = header.ljust(_JOURNAL_SLOTS_AT, b"\0")
+        self.have = [0] * self.count
+        self._fd = -1
+
+    def length(self, index: int) -> int:
+        """The size of chunk ``index``."""
+        return min(self.chunk_size, self.size - index * self.chunk_size)
 
     def load(self) -> bool:
         """Adopt what a previous run recorded, if it is for the same bytes."""
         try:
-            data = json.loads(self.path.read_text())
-        except (OSError, ValueError):
+            data = self.path.read_bytes()
+        except OSError:
             return False
-        if (
-            not isinstance(data, dict)
-            or data.get("size") != self.size
-            or data.get("chunkSize") != self.chunk_size
-            or data.get("validator") != self.validator
+        if len(data) != _JOURNAL_SLOTS_AT + _SLOT.size * self.count or not data.startswith(
+            self._header
         ):
             return False
-        done: set[int] = set()
-        for start, end in data.get("done", []):
-            done.update(range(int(start), int(end)))
-        self.done = done
-        self.partial = {int(k): int(v) for k, v in data.get("partial", {}).items()}
+        have = [value for (value,) in _SLOT.iter_unpack(data[_JOURNAL_SLOTS_AT:])]
+        if any(value > self.length(i) for i, value in enumerate(have)):
+            return False
+        self.have = have
         return True
 
-    def record(self, index: int, written: int, complete: bool) -> None:
-        """Record that chunk ``index`` holds ``written`` final bytes (all of it if complete)."""
-        with self._lock:
-            if complete:
-                self.done.add(index)
-                self.partial.pop(index, None)
-            else:
-                self.partial[index] = written
-            ranges: list[list[int]] = []
-            for i in sorted(self.done):
-                if ranges and ranges[-1][1] == i:
-                    ranges[-1][1] = i + 1
-                else:
-                    ranges.append([i, i + 1])
-            payload = {
-                "size": self.size,
-                "chunkSize": self.chunk_size,
-                "validator": self.validator,
-                "done": ranges,
-                "partial": {str(k): v for k, v in sorted(self.partial.items())},
-            }
-            tmp = self.path.with_name(self.path.name + ".tmp")
-            tmp.write_text(json.dumps(payload))
-            os.replace(tmp, self.path)
+    def create(self) -> None:
+        """Start an empty journal (atomically replacing any other)."""
+        self.have = [0] * self.count
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_bytes(self._header + bytes(_SLOT.size * self.count))
+        os.replace(tmp, self.path)
+
+    def open(self) -> None:
+        self._fd = os.open(self.path, os.O_RDWR)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def record(self, index: int, written: int) -> None:
+        """Record that the first ``written`` bytes of chunk ``index`` are in ``.part``."""
+        self.have[index] = written
+        os.pwrite(self._fd, _SLOT.pack(written), _JOURNAL_SLOTS_AT + _SLOT.size * index)
+
+    def reset(self) -> None:
+        """Forget every chunk (a whole-body stream rewrites the file from the start)."""
+        self.have = [0] * self.count
+        os.pwrite(self._fd, bytes(_SLOT.size * self.count), _JOURNAL_SLOTS_AT)
 
     def final_bytes(self) -> int:
         """How many bytes of the file are already in place."""
-        whole = sum(min(self.chunk_size, self.size - i * self.chunk_size) for i in self.done)
-        return whole + sum(self.partial.values())
+        return sum(self.have)
 
 
 def is_transient_status(status: int) -> bool:
@@ -291,19 +321,20 @@ def download(
 ) -> DownloadResult:
     """Download ``location`` into ``dest`` (via ``dest.part``) and return its sha256."""
     options = options or DownloadOptions()
-    part, sidecar_path = part_paths(dest)
+    part, journal_path = part_paths(dest)
     chunk = max(1, options.chunk_size)
     count = (size + chunk - 1) // chunk
-    sidecar = _Sidecar(sidecar_path, size, chunk, validator)
-    if not (part.exists() and sidecar.load()):
+    journal = _Journal(journal_path, size, chunk, validator)
+    if not (part.exists() and journal.load()):
         with contextlib.suppress(FileNotFoundError):
             part.unlink()
-        sidecar.done, sidecar.partial = set(), {}
-    elif sidecar.done or sidecar.partial:
-        log.info("%s: resuming, %s already on disk", name, _size(sidecar.final_bytes()))
+        journal.create()
+    elif journal.final_bytes():
+        log.info("%s: resuming, %s already on disk", name, _size(journal.final_bytes()))
     fd = os.open(part, os.O_RDWR | os.O_CREAT, 0o644)
     transport = Transport(options.read_timeout)
     try:
+        journal.open()
         os.ftruncate(fd, size)
         job = _Job(
             transport=transport,
@@ -313,21 +344,25 @@ def download(
             chunk=chunk,
             count=count,
             name=name,
-            sidecar=sidecar,
+            journal=journal,
             options=options,
             progress=progress,
         )
         digest, transferred, reused = job.run()
     finally:
         transport.close()
+        journal.close()
         os.close(fd)
     os.replace(part, dest)
     with contextlib.suppress(FileNotFoundError):
-        sidecar_path.unlink()
+        journal_path.unlink()
     return DownloadResult(digest, transferred, reused)
 
 
-_RECORD_EVERY = 256 * 1024  # sidecar granularity inside a chunk: what a crash costs per worker
+def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
+    while data:
+        written = os.pwrite(fd, data, offset)
+        data, offset = data[written:], offset + written
 
 
 class _Job:
@@ -343,7 +378,7 @@ class _Job:
         chunk: int,
         count: int,
         name: str,
-        sidecar: _Sidecar,
+        journal: _Journal,
         options: DownloadOptions,
         progress: Progress | None,
     ) -> None:
@@ -355,7 +390,7 @@ class _Job:
         self.chunk = chunk
         self.count = count
         self.name = name
-        self.sidecar = sidecar
+        self.journal = journal
         self.options = options
         self.progress = progress
         self.cond = threading.Condition()
@@ -426,19 +461,20 @@ class _Job:
                 length = min(self.chunk, self.size - start)
                 buffer = bytearray(length)
                 view = memoryview(buffer)
-                have = length if index in self.sidecar.done else self.sidecar.partial.get(index, 0)
+                have = self.journal.have[index]
                 if have:
                     # Bytes a previous run wrote: read back for the digest, not refetched.
                     got = os.preadv(self.fd, [view[:have]], start)
                     if got != have:
                         have = 0
+                        self.journal.record(index, 0)
                     with self.cond:
                         self.reused += have
                     if self.progress:
                         self.progress.add(have, 0)
                 if have < length:
                     retry_call(
-                        functools.partial(self._fetch, index, start, view, have),
+                        functools.partial(self._fetch, index, start, view),
                         what=self.name,
                         options=self.options,
                         abort=self.abort,
@@ -454,10 +490,10 @@ class _Job:
             self._fail(error)
             raise
 
-    def _fetch(self, index: int, start: int, view: memoryview, have: int) -> None:
-        """Fill ``view`` from byte ``have`` on with one Range request; resumable on retry."""
+    def _fetch(self, index: int, start: int, view: memoryview) -> None:
+        """Fill ``view`` from what the journal has on with one Range request; resumable."""
         length = len(view)
-        progress = self.sidecar.partial.get(index, have)
+        progress = self.journal.have[index]  # a retry goes on where the last attempt stopped
         first = start + progress
         headers = {
             **self.headers,
@@ -488,39 +524,33 @@ class _Job:
                 self.headers = {
                     k: v for k, v in sent.items() if k not in ("Range", "Accept-Encoding")
                 }
-            recorded = progress
             while progress < length:
                 if self.abort.is_set():
                     raise FetchError(f"{self.name}: aborted")
-                # Bounded reads: BufferedReader.readinto fills the whole slice it is given.
-                got = response.readinto(view[progress : progress + _RECORD_EVERY])
+                # Whatever has arrived, written and journaled at once: a kill loses nothing
+                # this process had received.
+                got = read_available(response, view[progress : progress + _READ_SIZE])
                 if not got:
                     raise RetryableError(f"short body: {progress} of {length} bytes")
-                os.pwrite(self.fd, view[progress : progress + got], start + progress)
+                _pwrite_all(self.fd, view[progress : progress + got], start + progress)
                 progress += got
+                self.journal.record(index, progress)
                 with self.cond:
                     self.transferred += got
                 if self.progress:
                     self.progress.add(got, got)
-                if progress - recorded >= _RECORD_EVERY and progress < length:
-                    self.sidecar.record(index, progress, complete=False)
-                    recorded = progress
-            self.sidecar.record(index, length, complete=True)
         except (OSError, http.client.HTTPException) as error:
             self.transport.discard(url)
             raise TransportError(type(error).__name__) from None
         except BaseException:
             self.transport.discard(url)
             raise
-        finally:
-            if have < progress < length:
-                self.sidecar.record(index, progress, complete=False)
 
     def _stream_whole(self, response: http.client.HTTPResponse) -> None:
         """Write and digest a full-body 200 answer in one pass (a server without Range)."""
         log.info("%s: the server does not serve ranges; downloading in one stream", self.name)
         self.whole_body = True
-        self.sidecar.done, self.sidecar.partial = set(), {}
+        self.journal.reset()
         self.hasher = hashlib.sha256()  # a retry starts the stream over
         buffer = bytearray(_READ_SIZE)
         view = memoryview(buffer)

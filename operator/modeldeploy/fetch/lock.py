@@ -3,7 +3,8 @@
 ``flock``/``fcntl`` locks are unreliable on NFS and similar volumes, so the lock is a file
 created with ``O_CREAT | O_EXCL`` (atomic on NFSv3+ and every local filesystem). It holds
 the owner's host, pid, a random token and a heartbeat counter that a background thread
-rewrites every ``heartbeat_interval`` seconds.
+rewrites every ``heartbeat_interval`` seconds, in place, padded to a fixed size with one
+positional write (no truncate), so a reader never sees new content with an old tail.
 
 Waiters never compare clocks across machines: a waiter judges the lock stale when its
 content has not changed for ``stale_after`` seconds of the waiter's own monotonic clock.
@@ -29,6 +30,7 @@ from pathlib import Path
 from modeldeploy.fetch.errors import LockLostError
 
 log = logging.getLogger(__name__)
+CONTENT_BYTES = 512  # JSON padded with spaces: every rewrite has the same length
 
 
 class CacheLock:
@@ -64,7 +66,7 @@ class CacheLock:
                 "beat": self._beat,
                 "time": time.time(),
             }
-        ).encode()
+        ).encode().ljust(CONTENT_BYTES)
 
     def try_acquire(self) -> bool:
         """Create the lock file if nobody holds it; start the heartbeat on success."""
@@ -93,10 +95,7 @@ class CacheLock:
                     if current.get("token") != self.token:
                         raise LockLostError("taken over")
                     self._beat += 1
-                    handle.seek(0)
-                    handle.write(self._content())
-                    handle.truncate()
-                    handle.flush()
+                    os.pwrite(handle.fileno(), self._content(), 0)
                     os.fsync(handle.fileno())
             except (OSError, ValueError, LockLostError):
                 log.warning("cache lock %s was taken over by another fetcher", self.path.name)
@@ -110,10 +109,15 @@ class CacheLock:
                 f"the cache lock {self.path.name} was taken over while downloading; "
                 "another fetcher judged this one stale"
             )
-        try:
-            current = json.loads(self.path.read_bytes() or b"{}")
-        except (OSError, ValueError):
-            current = {}
+        current: dict[str, object] = {}
+        for _ in range(3):  # a read that raced a rewrite on a network filesystem: read again
+            try:
+                current = json.loads(self.path.read_bytes() or b"{}")
+                break
+            except ValueError:
+                continue
+            except OSError:
+                break
         if current.get("token") != self.token:
             self._lost.set()
             raise LockLostError(f"the cache lock {self.path.name} is now held by another fetcher")

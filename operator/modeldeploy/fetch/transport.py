@@ -5,6 +5,11 @@ httpx serves the control path (listings, HEAD, header range reads). Bulk bytes g
 the socket: about three times httpx's throughput per connection, which matters when the
 same CPU must also compute sha256 at line rate.
 
+``read_available`` reads a body the way a resumable download needs: whatever has arrived,
+at most one socket read, rather than blocking until a whole buffer is full (what
+``readinto`` does). Bytes the process holds unwritten are lost when it is killed, so
+each piece is handed back the moment it lands.
+
 One connection per (thread, origin) is kept alive across chunks. Redirects are followed
 (up to five); the Authorization header never crosses to another origin (the Hub's CDN,
 a registry's blob store), and the final URL of a redirect is reused for later chunks.
@@ -30,6 +35,26 @@ def _origin(url: str) -> tuple[str, str, int]:
     parts = urlsplit(url)
     port = parts.port or (443 if parts.scheme == "https" else 80)
     return parts.scheme, parts.hostname or "", port
+
+
+def read_available(response: http.client.HTTPResponse, buffer: memoryview) -> int:
+    """Read into ``buffer`` what has arrived of ``response``'s body; 0 once the body ended.
+
+    Like ``HTTPResponse.readinto`` (clipped to the declared length, the connection released
+    for keep-alive at the end of the body) but with ``readinto1``: it returns as soon as any
+    byte is there. With a buffer larger than the reader's own, the bytes go from the socket
+    straight into ``buffer`` (no copy).
+    """
+    if response.fp is None or response.chunked:
+        return response.readinto(buffer)  # rare for ranged bodies; fills the buffer
+    if response.length is not None and len(buffer) > response.length:
+        buffer = buffer[: response.length]
+    got = response.fp.readinto1(buffer)
+    if response.length is not None:
+        response.length -= got
+    if (not got and len(buffer)) or response.length == 0:
+        response.close()  # what readinto does at the end: the connection can carry the next
+    return got
 
 
 class Transport:

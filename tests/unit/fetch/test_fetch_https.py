@@ -12,7 +12,7 @@ from tests.unit.fetch.payloads import GgufFactory
 from tests.unit.fetch.standins import RangeServer, wait_until
 
 from modeldeploy.fetch.cache import CacheEntry
-from modeldeploy.fetch.download import part_paths
+from modeldeploy.fetch.download import journaled_bytes, part_paths
 from modeldeploy.fetch.errors import DigestMismatchError, SourceChangedError, TransientError
 from modeldeploy.fetch.fetcher import FetchOptions, fetch
 from modeldeploy.fetch.request import FetchRequest
@@ -81,12 +81,9 @@ def test_a_transfer_killed_halfway_resumes_and_downloads_only_the_remainder(
         fetch(request, tmp_path, env=range_server.env, options=fast_options)
     first = range_server.total_served()
     staging = CacheEntry(tmp_path, request.uri.canonical, revision).staging / NAME
-    part, sidecar = part_paths(staging)
-    assert part.exists() and sidecar.exists()
-    chunk = fast_options.download.chunk_size
-    record = json.loads(sidecar.read_text())
-    kept = sum(min(end * chunk, len(model)) - start * chunk for start, end in record["done"])
-    kept += sum(record["partial"].values())  # prefixes of chunks the kill cut short
+    part, journal = part_paths(staging)
+    assert part.exists() and journal.exists()
+    kept = journaled_bytes(journal)  # whole chunks and prefixes of those the fault cut short
     assert 0 < kept <= first <= len(model) // 2
 
     range_server.restore()
@@ -94,7 +91,7 @@ def test_a_transfer_killed_halfway_resumes_and_downloads_only_the_remainder(
     result = fetch(request, tmp_path, env=range_server.env, options=fast_options)
     assert range_server.total_served() == len(model) - kept == result.bytes_transferred
     assert (result.path / NAME).read_bytes() == model
-    assert not part.exists() and not sidecar.exists()
+    assert not part.exists() and not journal.exists()
 
 
 def test_transient_server_errors_are_retried(
