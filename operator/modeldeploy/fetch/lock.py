@@ -58,15 +58,19 @@ class CacheLock:
         self._thread: threading.Thread | None = None
 
     def _content(self) -> bytes:
-        return json.dumps(
-            {
-                "host": self.host,
-                "pid": self.pid,
-                "token": self.token,
-                "beat": self._beat,
-                "time": time.time(),
-            }
-        ).encode().ljust(CONTENT_BYTES)
+        return (
+            json.dumps(
+                {
+                    "host": self.host,
+                    "pid": self.pid,
+                    "token": self.token,
+                    "beat": self._beat,
+                    "time": time.time(),
+                }
+            )
+            .encode()
+            .ljust(CONTENT_BYTES)
+        )
 
     def try_acquire(self) -> bool:
         """Create the lock file if nobody holds it; start the heartbeat on success."""
