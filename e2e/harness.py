@@ -25,6 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from e2e.cluster.local import NODES_FILE, POD_CIDR, REPO, free_port
 from e2e.cluster.tools import client_bin_dir
+from modeldeploy.api import API_GROUP, API_VERSION, PLURAL
 
 T = TypeVar("T")
 
@@ -220,3 +221,38 @@ class OperatorProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+
+class ModelDeploymentApi:
+    """ModelDeployments of one namespace, and the typed clients tests read children with."""
+
+    def __init__(self, cluster: ClusterHandle, namespace: str) -> None:
+        api = cluster.api_client()
+        self.cluster, self.namespace = cluster, namespace
+        self.custom = client.CustomObjectsApi(api)
+        self.apps = client.AppsV1Api(api)
+        self.core = client.CoreV1Api(api)
+
+    def create(self, md: dict[str, Any]) -> None:
+        """Create a ModelDeployment."""
+        self.custom.create_namespaced_custom_object(
+            API_GROUP, API_VERSION, self.namespace, PLURAL, md
+        )
+
+    def patch_spec(self, name: str, spec: dict[str, Any]) -> None:
+        """Merge-patch a ModelDeployment's spec."""
+        self.custom.patch_namespaced_custom_object(
+            API_GROUP, API_VERSION, self.namespace, PLURAL, name, {"spec": spec}
+        )
+
+    def md(self, name: str) -> dict[str, Any]:
+        """A ModelDeployment as the API server holds it."""
+        found: dict[str, Any] = self.custom.get_namespaced_custom_object(
+            API_GROUP, API_VERSION, self.namespace, PLURAL, name
+        )
+        return found
+
+    def condition(self, name: str, type_: str) -> dict[str, Any] | None:
+        """One condition of a ModelDeployment's status, None when absent."""
+        conditions = self.md(name).get("status", {}).get("conditions") or []
+        return next((c for c in conditions if c["type"] == type_), None)

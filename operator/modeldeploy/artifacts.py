@@ -14,9 +14,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from pydantic.alias_generators import to_camel
 
 from modeldeploy.api import ModelSource
 from modeldeploy.fetch.artifact import ArtifactFile, Resolution
@@ -59,12 +61,7 @@ def model_hash(model: ModelSource) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _camel(name: str) -> str:
-    head, *rest = name.split("_")
-    return head + "".join(part.title() for part in rest)
-
-
-_ARCHITECTURE_FIELDS = {_camel(f.name): f.name for f in dataclasses.fields(ModelArchitecture)}
+_ARCHITECTURE_FIELDS = {to_camel(f.name): f.name for f in dataclasses.fields(ModelArchitecture)}
 
 
 def architecture_status(architecture: ModelArchitecture) -> dict[str, Any]:
@@ -129,39 +126,43 @@ class FetchReport:
     result: Mapping[str, Any]  # the fetcher's JSON termination message, {} when absent
 
 
-def fetch_reports(pods: Sequence[Mapping[str, Any]]) -> list[FetchReport]:
-    """The fetch init containers that have ended, newest state first per pod."""
-    reports = []
+def _fetch_statuses(
+    pods: Sequence[Mapping[str, Any]],
+) -> Iterator[tuple[str, Mapping[str, Any]]]:
+    """(pod name, status of its fetch init container) for every pod that reports one."""
     for pod in pods:
         name = pod.get("metadata", {}).get("name", "?")
         for container in pod.get("status", {}).get("initContainerStatuses") or []:
-            if container.get("name") != INIT_CONTAINER:
-                continue
-            ended = (container.get("state") or {}).get("terminated") or (
-                container.get("lastState") or {}
-            ).get("terminated")
-            if not ended:
-                continue
-            try:
-                result = json.loads(ended.get("message") or "{}")
-            except ValueError:
-                result = {}
-            if not isinstance(result, dict):
-                result = {}
-            reports.append(FetchReport(name, int(ended.get("exitCode") or 0), result))
+            if container.get("name") == INIT_CONTAINER:
+                yield name, container
+
+
+def fetch_reports(pods: Sequence[Mapping[str, Any]]) -> list[FetchReport]:
+    """The fetch init containers that have ended, newest state first per pod."""
+    reports = []
+    for name, container in _fetch_statuses(pods):
+        ended = (container.get("state") or {}).get("terminated") or (
+            container.get("lastState") or {}
+        ).get("terminated")
+        if not ended:
+            continue
+        try:
+            result = json.loads(ended.get("message") or "{}")
+        except ValueError:
+            result = {}
+        if not isinstance(result, dict):
+            result = {}
+        reports.append(FetchReport(name, int(ended.get("exitCode") or 0), result))
     return reports
 
 
 def fetching(pods: Sequence[Mapping[str, Any]]) -> list[str]:
     """Pods whose fetch init container is running now."""
-    names = []
-    for pod in pods:
-        for container in pod.get("status", {}).get("initContainerStatuses") or []:
-            if container.get("name") == INIT_CONTAINER and (container.get("state") or {}).get(
-                "running"
-            ):
-                names.append(pod.get("metadata", {}).get("name", "?"))
-    return names
+    return [
+        name
+        for name, container in _fetch_statuses(pods)
+        if (container.get("state") or {}).get("running")
+    ]
 
 
 def artifact_condition(

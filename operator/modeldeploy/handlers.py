@@ -272,7 +272,6 @@ async def reconcile_key(key: Key, state: State, kwargs: Mapping[str, Any]) -> No
         uid = md["metadata"].get("uid", "")
         if uid in state.statuses:
             md = {**md, "status": state.statuses[uid]}
-        assert state.writer is not None and state.resolver is not None
         started = time.monotonic()
         try:
             result = await asyncio.to_thread(_pass, md, view, state)

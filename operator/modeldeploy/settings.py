@@ -8,7 +8,6 @@ An unknown key or a wrong type stops the operator with one message naming the ke
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -18,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 from pydantic.alias_generators import to_camel
 
 from modeldeploy.config import OperatorConfig
-from modeldeploy.fetch.resolve import SETTINGS_VARS
+from modeldeploy.fetch.resolve import SETTINGS_VARS, settings_from_env
 
 
 class SettingsError(ValueError):
@@ -82,8 +81,7 @@ def _source_settings(value: Any) -> tuple[tuple[str, str], ...]:
 
 def source_settings(env: Mapping[str, str] | None = None) -> tuple[tuple[str, str], ...]:
     """The operator's own non-secret source variables (HF_ENDPOINT, ...), for sourceSettings."""
-    env = os.environ if env is None else env
-    return tuple(sorted((k, v) for k, v in env.items() if k in SETTINGS_VARS and v))
+    return tuple(sorted(settings_from_env(env).items()))
 
 
 def load_settings(path: Path | None, overrides: dict[str, Any]) -> OperatorSettings:

@@ -23,13 +23,12 @@ from typing import Any
 import pytest
 import yaml
 from e2e.cluster.local import REPO
-from e2e.harness import ClusterHandle, OperatorProcess, wait_until
+from e2e.harness import ClusterHandle, ModelDeploymentApi, OperatorProcess, wait_until
 from e2e.mirror import ModelMirror
 from kubernetes import client
 from tests.unit.fetch.payloads import GgufFactory
 from tests.unit.fetch.standins import HubStandin, RangeServer
 
-GROUP, VERSION, PLURAL = "modeldeploy.io", "v1alpha1", "modeldeployments"
 CONDITION = "ArtifactVerified"
 REPO_ID = "acme/tiny-GGUF"
 SOURCE = f"hf://{REPO_ID}"
@@ -101,29 +100,12 @@ def operator(
         process.stop()
 
 
-class Api:
-    """Small helpers over the cluster for one namespace."""
+class Api(ModelDeploymentApi):
+    """Small helpers over the cluster for one namespace, served by ``operator``."""
 
     def __init__(self, cluster: ClusterHandle, namespace: str, operator: OperatorProcess) -> None:
-        api = cluster.api_client()
-        self.cluster, self.namespace, self.operator = cluster, namespace, operator
-        self.custom = client.CustomObjectsApi(api)
-        self.apps = client.AppsV1Api(api)
-        self.core = client.CoreV1Api(api)
-
-    def create(self, md: dict[str, Any]) -> None:
-        self.custom.create_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, md)
-
-    def patch_spec(self, name: str, spec: dict[str, Any]) -> None:
-        self.custom.patch_namespaced_custom_object(
-            GROUP, VERSION, self.namespace, PLURAL, name, {"spec": spec}
-        )
-
-    def md(self, name: str) -> dict[str, Any]:
-        found: dict[str, Any] = self.custom.get_namespaced_custom_object(
-            GROUP, VERSION, self.namespace, PLURAL, name
-        )
-        return found
+        super().__init__(cluster, namespace)
+        self.operator = operator
 
     def hub_secret(self, token: str = TOKEN, name: str = SECRET) -> None:
         body = {"metadata": {"name": name}, "stringData": {"HF_TOKEN": token}}

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 from e2e.cluster.local import REPO
-from e2e.harness import ClusterHandle, OperatorProcess, wait_until
+from e2e.harness import ClusterHandle, ModelDeploymentApi, OperatorProcess, wait_until
 from kubernetes import client
 
 GROUP, VERSION, PLURAL = "modeldeploy.io", "v1alpha1", "modeldeployments"
@@ -49,33 +49,8 @@ def operator(crd_cluster: ClusterHandle, namespace: str) -> Iterator[OperatorPro
         process.stop()
 
 
-class Api:
+class Api(ModelDeploymentApi):
     """Small typed helpers over the cluster for one namespace."""
-
-    def __init__(self, cluster: ClusterHandle, namespace: str) -> None:
-        api = cluster.api_client()
-        self.cluster, self.namespace = cluster, namespace
-        self.custom = client.CustomObjectsApi(api)
-        self.apps = client.AppsV1Api(api)
-        self.core = client.CoreV1Api(api)
-
-    def create(self, md: dict[str, Any]) -> None:
-        self.custom.create_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, md)
-
-    def patch_spec(self, name: str, spec: dict[str, Any]) -> None:
-        self.custom.patch_namespaced_custom_object(
-            GROUP, VERSION, self.namespace, PLURAL, name, {"spec": spec}
-        )
-
-    def md(self, name: str) -> dict[str, Any]:
-        found: dict[str, Any] = self.custom.get_namespaced_custom_object(
-            GROUP, VERSION, self.namespace, PLURAL, name
-        )
-        return found
-
-    def condition(self, name: str, type_: str) -> dict[str, Any] | None:
-        conditions = self.md(name).get("status", {}).get("conditions") or []
-        return next((c for c in conditions if c["type"] == type_), None)
 
     def wait_ready(self, name: str, timeout: float = 90) -> None:
         # What a person would run: kubectl wait on the Ready condition.

@@ -13,6 +13,8 @@ from typing import Any
 
 import pytest
 import yaml
+from nodepool import load_e2e_pool
+from recording import RecordingWriter
 
 from modeldeploy.api import parse_model_deployment
 from modeldeploy.artifacts import (
@@ -35,11 +37,7 @@ REPO = Path(__file__).resolve().parents[2]
 NOW = "2026-01-01T00:00:00Z"
 REVISION = "0123456789abcdef0123456789abcdef01234567"
 SHA = "ab" * 32
-
-
-def pool() -> list[dict[str, Any]]:
-    with (REPO / "e2e" / "cluster" / "nodes.yaml").open() as f:
-        return [n for n in yaml.safe_load_all(f) if n]
+NODES = load_e2e_pool()  # read-only here: planning and reconcile never change their input
 
 
 def example(**cache: Any) -> dict[str, Any]:
@@ -87,7 +85,7 @@ FETCH_RUNNING = {"name": "fetch", "state": {"running": {"startedAt": NOW}}}
 
 
 def objects(md: dict[str, Any], state: ArtifactState | None) -> dict[str, dict[str, Any]]:
-    planned = plan_object(md, pool(), OperatorConfig(), resolution=state and state.resolution)
+    planned = plan_object(md, NODES, OperatorConfig(), resolution=state and state.resolution)
     return {o["kind"]: o for o in planned.objects}
 
 
@@ -115,20 +113,20 @@ def test_the_sizing_reads_the_resolved_architecture() -> None:
     md["spec"]["model"]["source"] = "hf://acme/chat-GGUF"  # no size in the name either
     resolution = resolved(md).resolution
     with pytest.raises(PlacementRefusal, match="give a size hint"):
-        plan_object(md, pool(), OperatorConfig())
-    planned = plan_object(md, pool(), OperatorConfig(), resolution=resolution)
+        plan_object(md, NODES, OperatorConfig())
+    planned = plan_object(md, NODES, OperatorConfig(), resolution=resolution)
     assert planned.placement.decision()["accelerator"] == "cpu"
     # The trained context the header states bounds what may be asked for.
     md["spec"]["serving"]["contextLength"] = 65536
     with pytest.raises(PlacementRefusal, match="trained context of 32768"):
-        plan_object(md, pool(), OperatorConfig(), resolution=resolution)
+        plan_object(md, NODES, OperatorConfig(), resolution=resolution)
 
 
 def test_source_settings_reach_the_init_container_as_values_and_credentials_do_not() -> None:
     md = example()
     md["spec"]["model"]["credentialsSecret"] = "hub-token"
     config = OperatorConfig(source_settings=(("HF_ENDPOINT", "http://hub.internal"),))
-    planned = plan_object(md, pool(), config)
+    planned = plan_object(md, NODES, config)
     deployment = next(o for o in planned.objects if o["kind"] == "Deployment")
     env = deployment["spec"]["template"]["spec"]["initContainers"][0]["env"]
     assert {"name": "HF_ENDPOINT", "value": "http://hub.internal"} in env
@@ -234,30 +232,10 @@ def test_a_pod_still_fetching_makes_the_phase_fetching() -> None:
     assert status["artifact"]["resolvedRevision"] == REVISION
 
 
-class RecordingWriter:
-    """Records the writes a pass makes (a stand-in for the API server writer)."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, Any]] = []
-
-    def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
-        self.calls.append(("apply", f"{obj['kind']}/{obj['metadata']['name']}"))
-        return obj
-
-    def delete(self, kind: str, namespace: str, name: str, uid: str | None) -> None:
-        self.calls.append(("delete", f"{kind}/{name}"))
-
-    def apply_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
-        self.calls.append(("status", status))
-
-    def event(self, md: Any, event_type: str, reason: str, message: str, action: str) -> None:
-        self.calls.append(("event", (event_type, reason)))
-
-
 def test_a_refused_source_applies_nothing_prunes_nothing_and_says_why() -> None:
     md = example()
     first = RecordingWriter()
-    reconcile(md, ClusterView(pool()), first, OperatorConfig(), now=NOW, artifact=resolved(md))  # type: ignore[arg-type]
+    reconcile(md, ClusterView(NODES), first, OperatorConfig(), now=NOW, artifact=resolved(md))  # type: ignore[arg-type]
     applied = [what for kind, what in first.calls if kind == "apply"]
     assert len(applied) == 3
     children = [
@@ -268,7 +246,7 @@ def test_a_refused_source_applies_nothing_prunes_nothing_and_says_why() -> None:
 
     writer = RecordingWriter()
     result = reconcile(
-        md, ClusterView(pool(), children), writer, OperatorConfig(), now=NOW,  # type: ignore[arg-type]
+        md, ClusterView(NODES, children), writer, OperatorConfig(), now=NOW,  # type: ignore[arg-type]
         artifact=refused(md),
     )  # fmt: skip
     assert result.result == "refused" and result.phase == "Failed"
@@ -291,7 +269,7 @@ def test_an_unreachable_source_without_a_size_hint_says_so() -> None:
         None, "SourceUnreachable", "hf://x: ConnectError", model_hash(model), model.source
     )
     writer = RecordingWriter()
-    result = reconcile(md, ClusterView(pool()), writer, OperatorConfig(), now=NOW, artifact=state)  # type: ignore[arg-type]
+    result = reconcile(md, ClusterView(NODES), writer, OperatorConfig(), now=NOW, artifact=state)  # type: ignore[arg-type]
     assert result.phase == "Pending"
     status = next(what for kind, what in writer.calls if kind == "status")
     ready = next(c for c in status["conditions"] if c["type"] == "Ready")

@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 import yaml
+from nodepool import load_e2e_pool
+from recording import RecordingWriter
 
 from modeldeploy.apply import needs_apply
 from modeldeploy.config import OperatorConfig
@@ -233,34 +235,6 @@ def test_settings_are_camel_case_validated_and_overridden(tmp_path: Path) -> Non
         load_settings(None, {"resyncSeconds": 0})
 
 
-class RecordingWriter:
-    """Stand-in for ``apply.Writer``: records calls instead of sending them."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, Any]] = []
-        self.applied: list[dict[str, Any]] = []
-
-    def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
-        self.calls.append(("apply", f"{obj['kind']}/{obj['metadata']['name']}"))
-        self.applied.append(obj)
-        return obj
-
-    def delete(self, kind: str, namespace: str, name: str, uid: str | None = None) -> None:
-        self.calls.append(("delete", f"{kind}/{name}"))
-
-    def apply_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
-        self.calls.append(("status", status))
-
-    def event(self, md: Any, event_type: str, reason: str, message: str, action: str) -> None:
-        self.calls.append(("event", (event_type, reason)))
-
-
-def pool() -> list[dict[str, Any]]:
-    """The simulated node pool."""
-    with (REPO / "e2e" / "cluster" / "nodes.yaml").open() as f:
-        return [n for n in yaml.safe_load_all(f) if n]
-
-
 def example_md() -> dict[str, Any]:
     """The CPU example as the API server would hand it over."""
     md: dict[str, Any] = yaml.safe_load((REPO / "examples" / "gemma-270m-cpu.yaml").read_text())
@@ -272,7 +246,7 @@ def test_an_invalid_spec_writes_conditions_and_one_event_and_no_children() -> No
     md = example_md()
     md["spec"]["model"]["quantization"] = "Q9_NOPE"  # the CRD's enum would refuse this
     writer = RecordingWriter()
-    result = reconcile(md, ClusterView(pool()), writer, OperatorConfig(), now=NOW)  # type: ignore[arg-type]
+    result = reconcile(md, ClusterView(load_e2e_pool()), writer, OperatorConfig(), now=NOW)  # type: ignore[arg-type]
     assert result.result == "invalid" and result.phase == "Failed"
     kinds = [kind for kind, _ in writer.calls]
     assert kinds == ["status", "event"]
@@ -280,14 +254,14 @@ def test_an_invalid_spec_writes_conditions_and_one_event_and_no_children() -> No
     # The next pass sees its own status: nothing to write, nothing to post.
     md["status"] = writer.calls[0][1]
     again = RecordingWriter()
-    reconcile(md, ClusterView(pool()), again, OperatorConfig(), now=LATER)  # type: ignore[arg-type]
+    reconcile(md, ClusterView(load_e2e_pool()), again, OperatorConfig(), now=LATER)  # type: ignore[arg-type]
     assert again.calls == []
 
 
 def test_a_first_pass_applies_children_in_order_then_a_settled_pass_writes_nothing() -> None:
     md = example_md()
     writer = RecordingWriter()
-    reconcile(md, ClusterView(pool()), writer, OperatorConfig(), now=NOW)  # type: ignore[arg-type]
+    reconcile(md, ClusterView(load_e2e_pool()), writer, OperatorConfig(), now=NOW)  # type: ignore[arg-type]
     applied = [what for kind, what in writer.calls if kind == "apply"]
     assert applied == [
         "PersistentVolumeClaim/gemma-270m-cpu-model-cache",
@@ -309,12 +283,12 @@ def test_a_first_pass_applies_children_in_order_then_a_settled_pass_writes_nothi
                 "updatedReplicas": 1,
             }
     ready = RecordingWriter()
-    reconcile(md, ClusterView(pool(), children), ready, OperatorConfig(), now=LATER)  # type: ignore[arg-type]
+    reconcile(md, ClusterView(load_e2e_pool(), children), ready, OperatorConfig(), now=LATER)  # type: ignore[arg-type]
     assert [kind for kind, _ in ready.calls] == ["status", "event"]  # Ready, and its Event
     md["status"] = ready.calls[0][1]
     assert md["status"]["phase"] == "Ready"
     idle = RecordingWriter()
-    reconcile(md, ClusterView(pool(), children), idle, OperatorConfig(), now=LATER)  # type: ignore[arg-type]
+    reconcile(md, ClusterView(load_e2e_pool(), children), idle, OperatorConfig(), now=LATER)  # type: ignore[arg-type]
     assert idle.calls == []
 
 

@@ -323,7 +323,6 @@ def download(
     options = options or DownloadOptions()
     part, journal_path = part_paths(dest)
     chunk = max(1, options.chunk_size)
-    count = (size + chunk - 1) // chunk
     journal = _Journal(journal_path, size, chunk, validator)
     if not (part.exists() and journal.load()):
         with contextlib.suppress(FileNotFoundError):
@@ -342,7 +341,7 @@ def download(
             fd=fd,
             size=size,
             chunk=chunk,
-            count=count,
+            count=journal.count,
             name=name,
             journal=journal,
             options=options,
@@ -458,7 +457,7 @@ class _Job:
         try:
             while (index := self._take()) is not None:
                 start = index * self.chunk
-                length = min(self.chunk, self.size - start)
+                length = self.journal.length(index)
                 buffer = bytearray(length)
                 view = memoryview(buffer)
                 have = self.journal.have[index]

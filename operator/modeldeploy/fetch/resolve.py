@@ -162,6 +162,12 @@ SETTINGS_VARS = (
 AMBIENT_CREDENTIALS_VAR = "MODELDEPLOY_AMBIENT_CREDENTIALS"
 
 
+def settings_from_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The non-secret source settings (``SETTINGS_VARS``) set in ``env`` (default: ours)."""
+    env = os.environ if env is None else env
+    return {k: v for k, v in env.items() if k in SETTINGS_VARS and v}
+
+
 def resolve_model(
     model: ModelSource,
     *,
@@ -178,7 +184,7 @@ def resolve_model(
     for a user's source: without credentials, access is anonymous.
     """
     if settings is None:
-        settings = {k: v for k, v in os.environ.items() if k in SETTINGS_VARS}
+        settings = settings_from_env()
     env = {**settings, **(credentials or {}), AMBIENT_CREDENTIALS_VAR: "false"}
     return resolve(
         FetchRequest.from_model(model), env=env, read_metadata=read_metadata, options=options

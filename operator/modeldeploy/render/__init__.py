@@ -259,6 +259,9 @@ def render_container(
 def _fetch_init(
     md: ModelDeployment, config: OperatorConfig, resolution: Resolution | None
 ) -> tuple[dict[str, Any], list[Any]]:
+    """The artifact fetcher (DESIGN.md §5) and the volumes it adds: it downloads and
+    verifies the model (the resolved revision when known) into the cache volume before the
+    engine starts."""
     return fetch_init_container(
         md.spec.model,
         image=config.operator_image,
@@ -268,18 +271,6 @@ def _fetch_init(
         settings=dict(config.source_settings),
         image_pull_policy=config.image_pull_policy,
     )
-
-
-def init_containers(
-    md: ModelDeployment,
-    placement: Placement,
-    config: OperatorConfig,
-    resolution: Resolution | None = None,
-) -> list[dict[str, Any]]:
-    """Init containers of the pod: the artifact fetcher (DESIGN.md §5), which downloads and
-    verifies the model (the resolved revision when known) into the cache volume before the
-    engine starts."""
-    return [_fetch_init(md, config, resolution)[0]]
 
 
 def _cache_volume(
@@ -307,10 +298,11 @@ def _volumes(
     placement: Placement,
     config: OperatorConfig,
     resolution: Resolution | None,
+    fetch_volumes: list[dict[str, Any]],
 ) -> list[Any]:
     volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {}}]
     volumes.append(_cache_volume(md, placement, config, resolution))
-    volumes.extend(_fetch_init(md, config, resolution)[1])
+    volumes.extend(fetch_volumes)
     if placement.engine is Engine.VLLM:
         # NCCL and vLLM's worker queues use /dev/shm; the default 64 MiB is far too small.
         shm = SHM_BYTES_PER_GPU * max(1, placement.gpus_per_replica) // GIB
@@ -353,11 +345,10 @@ def render_pod_template(
             "labelSelector": {"matchLabels": selector_labels(md.name)},
         }
     ]
-    init = init_containers(md, placement, config, resolution)
-    if init:
-        spec["initContainers"] = init
+    fetch, fetch_volumes = _fetch_init(md, config, resolution)
+    spec["initContainers"] = [fetch]
     spec["containers"] = [render_container(md, placement, config, resolution)]
-    spec["volumes"] = _volumes(md, placement, config, resolution)
+    spec["volumes"] = _volumes(md, placement, config, resolution, fetch_volumes)
     return {
         "metadata": {
             "labels": labels(md.name, COMPONENT_SERVER, engine),
