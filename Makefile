@@ -19,7 +19,7 @@ help:
 	@echo "make cluster-up    start the local control plane (kubeconfig: $(KUBECONFIG_PATH))"
 	@echo "make cluster-down  stop it and remove every process it started"
 	@echo "make llama-server  build llama.cpp's llama-server from the pinned sdist (cached)"
-	@echo "make lint          ruff (lint + format check) and mypy --strict"
+	@echo "make lint          ruff (lint + format check), mypy --strict, import contracts"
 	@echo "make chart-check   the Helm chart's gates: helm lint, schemas, settings, checkov scan"
 
 $(STAMP): pyproject.toml
@@ -48,6 +48,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 format: $(STAMP)
 	$(VENV)/bin/ruff format .

@@ -37,7 +37,7 @@ sys.path.insert(0, str(REPO / "operator"))
 
 from tests.unit.fetch.standins import RangeServer  # noqa: E402
 
-from modeldeploy.fetch.download import journaled_bytes  # noqa: E402
+from modeldeploy.fetch.journal import journaled_bytes  # noqa: E402
 
 NAME = "bench-Q4_K_M.gguf"
 MIB = 1024 * 1024

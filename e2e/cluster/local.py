@@ -13,7 +13,6 @@ so a crashed test run leaves no process and no listening port behind.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import os
 import shutil
@@ -33,6 +32,7 @@ from kubernetes import client, config
 
 from e2e.cluster.pki import Pki, ensure_pki, write_kubeconfig
 from e2e.cluster.provisioner import STORAGE_CLASS, LocalPathProvisioner
+from modeldeploy.serve.parent_death import die_with_parent
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
@@ -45,8 +45,6 @@ SERVICE_CIDR = "10.96.0.0/12"
 KWOK_NODE_SELECTOR = "type=kwok"
 START_TIMEOUT_S = 120.0
 
-_PR_SET_PDEATHSIG = 1
-
 
 class ClusterError(RuntimeError):
     """A component failed to start or to become healthy."""
@@ -57,18 +55,6 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def _die_with_parent(parent_pid: int) -> Callable[[], None]:
-    """Return a preexec hook that makes the child get SIGTERM when its parent dies."""
-
-    def hook() -> None:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-        if os.getppid() != parent_pid:  # the parent died before prctl took effect
-            os._exit(1)
-
-    return hook
 
 
 @dataclass
@@ -188,8 +174,9 @@ class LocalCluster:
             stderr=subprocess.STDOUT,
             cwd=self.workdir,
             start_new_session=True,
-            # The cluster owner starts components from its main thread only.
-            preexec_fn=_die_with_parent(os.getpid()),  # noqa: PLW1509
+            # The cluster owner starts components from its main thread only (the kernel
+            # signals the child when the forking thread exits); prctl is resolved pre-fork.
+            preexec_fn=die_with_parent(signal.SIGTERM),  # noqa: PLW1509
         )
         component = Component(name, process, log_path, log_file)
         self.components.append(component)

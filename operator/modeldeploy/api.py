@@ -18,11 +18,11 @@ Defaults (identical in the CRD) and why:
 - ``replicas = 1``; autoscaling off, ``minReplicas 1``, ``maxReplicas 4``,
   ``targetQueueDepth 4``, ``scaleDownDelaySeconds 300``.
 - ``cache.enabled = true``, ``cache.size = auto``, ``cache.accessMode = ReadWriteMany`` so that
-  replicas share one downloaded copy (DESIGN.md §5).
+  replicas share one downloaded copy (docs/fetch.md).
 - every ``auto`` (format, quantization, engine, accelerator, gpu count) means "the planner
   decides from the artifact and the cluster's node labels".
 
-Compliance (DESIGN.md §7) deliberately has no spec field yet: its inputs are the object's
+Compliance deliberately has no spec field yet: its inputs are the object's
 annotations (``modeldeploy.io/owner``, ...) and a cluster-scoped ``ModelPolicy`` that selects
 deployments; its output is a ``Compliant`` condition in ``status.conditions``. Because every
 model here forbids unknown fields, a future ``spec.policy`` is an additive change.
@@ -44,6 +44,8 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
+
+from modeldeploy import catalog
 
 API_GROUP = "modeldeploy.io"
 API_VERSION = "v1alpha1"
@@ -86,12 +88,16 @@ QUANTIZATIONS: tuple[str, ...] = get_args(Quantization)
 GGUF_ONLY_QUANTIZATIONS: frozenset[str] = frozenset(
     q for q in QUANTIZATIONS if q.startswith(("Q", "IQ"))
 )
-# Checkpoint quantizations that only vLLM serves, from safetensors, on GPUs.
-VLLM_ONLY_QUANTIZATIONS: frozenset[str] = frozenset({"AWQ", "GPTQ", "FP8"})
+# Checkpoint quantizations that exist only as safetensors (served on GPUs only).
+SAFETENSORS_ONLY_QUANTIZATIONS: frozenset[str] = frozenset({"AWQ", "GPTQ", "FP8"})
 
-Engine = Literal["auto", "vllm", "llamacpp"]
+# The CRD's enum; each name is a catalog.Engine with a module in runtimes/.
+Engine = Literal["auto", "vllm", "llamacpp", "sglang"]
 Accelerator = Literal["auto", "gpu", "cpu"]
 AccessMode = Literal["ReadWriteOnce", "ReadWriteMany"]
+# native: the operator scrapes the engines and sets the Deployment's replicas; keda and hpa
+# render a ScaledObject or a HorizontalPodAutoscaler for a cluster that runs them.
+AutoscalingMode = Literal["native", "keda", "hpa"]
 TolerationOperator = Literal["Equal", "Exists"]
 TaintEffect = Literal["NoSchedule", "PreferNoSchedule", "NoExecute"]
 
@@ -224,7 +230,7 @@ class ModelSource(_ApiModel):
             raise _FieldRuleError(
                 "revision", "required when digests are pinned (a digest pins one revision)"
             )
-        if self.format == "gguf" and self.quantization in VLLM_ONLY_QUANTIZATIONS:
+        if self.format == "gguf" and self.quantization in SAFETENSORS_ONLY_QUANTIZATIONS:
             raise _FieldRuleError(
                 "quantization",
                 f"{self.quantization} is a safetensors quantization; format gguf allows "
@@ -320,9 +326,10 @@ class Serving(_ApiModel):
 
 
 class Autoscaling(_ApiModel):
-    """Queue-driven autoscaling between minReplicas and maxReplicas."""
+    """Queue-driven autoscaling between minReplicas and maxReplicas (docs/autoscaling.md)."""
 
     enabled: bool = False
+    mode: AutoscalingMode = "native"
     min_replicas: Annotated[int, Field(ge=0)] = 1
     max_replicas: Annotated[int, Field(ge=1)] = 4
     target_queue_depth: Annotated[int, Field(ge=1)] = 4
@@ -358,29 +365,57 @@ class ModelDeploymentSpec(_ApiModel):
     @model_validator(mode="after")
     def _check_rules(self) -> ModelDeploymentSpec:
         quantization = self.model.quantization
-        if self.engine == "vllm":
-            if self.model.format == "gguf":
-                raise _FieldRuleError(
-                    "engine", "vllm cannot serve format gguf; use llamacpp or auto"
-                )
-            if quantization in GGUF_ONLY_QUANTIZATIONS:
-                raise _FieldRuleError(
-                    "engine", f"vllm cannot serve GGUF quantization {quantization}"
-                )
-            if self.hardware.accelerator == "cpu":
-                raise _FieldRuleError("engine", "vllm needs a GPU; use llamacpp or auto for cpu")
-        if self.engine == "llamacpp":
-            if self.model.format == "safetensors":
-                raise _FieldRuleError("engine", "llamacpp serves only gguf; use vllm or auto")
-            if quantization in VLLM_ONLY_QUANTIZATIONS:
-                raise _FieldRuleError(
-                    "engine", f"llamacpp cannot serve {quantization}; use vllm or auto"
-                )
-        if self.hardware.accelerator == "cpu" and quantization in VLLM_ONLY_QUANTIZATIONS:
+        if self.engine != "auto":
+            _check_engine(
+                catalog.Engine(self.engine),
+                self.model.format,
+                quantization,
+                self.hardware.accelerator,
+            )
+        if self.hardware.accelerator == "cpu" and quantization in SAFETENSORS_ONLY_QUANTIZATIONS:
+            gpu_engines = " or ".join(catalog.ENGINES_FOR_FORMAT[catalog.Format.SAFETENSORS])
             raise _FieldRuleError(
-                "hardware.accelerator", f"{quantization} is served by vllm on GPUs only"
+                "hardware.accelerator", f"{quantization} is served by {gpu_engines} on GPUs only"
             )
         return self
+
+
+def _check_engine(engine: catalog.Engine, fmt: str, quantization: str, accelerator: str) -> None:
+    """An explicit engine must serve the format, the quantization and the accelerator."""
+    formats = [f for f, engines in catalog.ENGINES_FOR_FORMAT.items() if engine in engines]
+
+    def others(fmt_: catalog.Format) -> str:
+        return " or ".join(e for e in catalog.ENGINES_FOR_FORMAT[fmt_] if e is not engine)
+
+    if fmt != "auto" and catalog.Format(fmt) not in formats:
+        raise _FieldRuleError(
+            "engine",
+            f"{engine} cannot serve format {fmt} (it serves only "
+            f"{', '.join(formats)}); use {others(catalog.Format(fmt))} or auto",
+        )
+    if quantization != "auto":
+        served_as = catalog.quantization_info(quantization).formats
+        if not served_as & set(formats):
+            kind = next(iter(served_as))
+            label = "GGUF" if kind is catalog.Format.GGUF else "safetensors"
+            raise _FieldRuleError(
+                "engine",
+                f"{engine} cannot serve {label} quantization {quantization}; use "
+                f"{others(kind)} or auto",
+            )
+    if (
+        accelerator != "auto"
+        and catalog.Accelerator(accelerator) not in (catalog.ACCELERATORS_FOR_ENGINE[engine])
+    ):
+        able = [
+            e
+            for e, where in catalog.ACCELERATORS_FOR_ENGINE.items()
+            if catalog.Accelerator(accelerator) in where
+        ]
+        raise _FieldRuleError(
+            "engine",
+            f"{engine} needs a GPU; use {' or '.join(able)} or auto for {accelerator}",
+        )
 
 
 class ModelDeployment(_ApiModel):

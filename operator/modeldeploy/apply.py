@@ -1,11 +1,11 @@
-"""The operator's only writer: server-side apply, prune, status and Events.
+"""The operator's only writer: server-side apply, prune, status, Events, finalizers.
 
 Every write the operator makes goes through ``Writer``: children and the ModelDeployment
 status are server-side applied with the one field manager ``modeldeploy`` (force, so a
-field someone else edited is taken back), children it no longer renders are deleted, and
-Events are posted for decisions and failures. ``needs_apply`` decides, without a call,
-whether the live object already holds everything the operator renders, so an unchanged
-world costs no write at all (a no-op apply is still a PATCH request).
+field someone else edited is taken back), children it no longer renders are deleted,
+Events are posted for decisions and failures, and finalizers an earlier operator left
+are released. Whether a child needs a write at all is decided, without a call, by
+``drift.needs_apply``.
 """
 
 from __future__ import annotations
@@ -14,61 +14,16 @@ import datetime
 import json
 import logging
 from collections.abc import Callable, Mapping
-from fractions import Fraction
 from typing import Any
 
 from kubernetes import client
 
 from modeldeploy.api import API_GROUP, API_VERSION, KIND, PLURAL
-from modeldeploy.hardware import parse_quantity
 from modeldeploy.metrics import API_WRITES
 
 FIELD_MANAGER = "modeldeploy"
 REPORTING_CONTROLLER = "modeldeploy.io/operator"
 log = logging.getLogger(__name__)
-
-# Keys that identify the elements of Kubernetes' associative lists ("listType: map"),
-# so that elements others add (an injected sidecar, a second ownerReference) are ignored.
-_LIST_KEYS = ("uid", "name", "containerPort", "port", "mountPath", "devicePath", "key")
-
-
-def _matches(desired: Any, live: Any) -> bool:
-    if isinstance(desired, Mapping):
-        return isinstance(live, Mapping) and all(
-            _matches(value, live.get(key)) for key, value in desired.items()
-        )
-    if isinstance(desired, list):
-        if not isinstance(live, list):
-            return False
-        if len(desired) == len(live):
-            return all(_matches(d, item) for d, item in zip(desired, live, strict=True))
-        return _keyed_subset(desired, live)
-    if isinstance(desired, str) and isinstance(live, str) and desired != live:
-        return _same_quantity(desired, live)
-    return bool(desired == live)
-
-
-def _keyed_subset(desired: list[Any], live: list[Any]) -> bool:
-    if not all(isinstance(d, Mapping) for d in desired):
-        return False
-    key = next((k for k in _LIST_KEYS if all(k in d for d in desired)), None)
-    if key is None:
-        return False
-    by_key = {item.get(key): item for item in live if isinstance(item, Mapping)}
-    return all(_matches(d, by_key.get(d[key])) for d in desired)
-
-
-def _same_quantity(a: str, b: str) -> bool:
-    # The API server stores resource quantities in canonical form ("1024Mi" -> "1Gi").
-    try:
-        return Fraction(parse_quantity(a)) == Fraction(parse_quantity(b))
-    except ValueError:
-        return False
-
-
-def needs_apply(desired: Mapping[str, Any], live: Mapping[str, Any] | None) -> bool:
-    """True unless ``live`` already holds every field of ``desired`` with the same value."""
-    return live is None or not _matches(desired, live)
 
 
 def _raw_json(response: Any) -> dict[str, Any]:
@@ -152,6 +107,30 @@ class Writer:
             _content_type="application/apply-patch+yaml",
             _preload_content=False,
         )
+
+    def set_finalizers(
+        self, namespace: str, name: str, finalizers: list[str], resource_version: str | None
+    ) -> None:
+        """Replace a ModelDeployment's finalizers: a merge patch on the version it was read at."""
+        API_WRITES.labels(verb="patch", kind=KIND).inc()
+        metadata: dict[str, Any] = {"finalizers": list(finalizers)}
+        if resource_version:
+            metadata["resourceVersion"] = resource_version  # 409 if it changed since
+        try:
+            self.custom.patch_namespaced_custom_object(
+                API_GROUP,
+                API_VERSION,
+                namespace,
+                PLURAL,
+                name,
+                {"metadata": metadata},
+                field_manager=FIELD_MANAGER,
+                _content_type="application/merge-patch+json",
+                _preload_content=False,
+            )
+        except client.ApiException as error:
+            if error.status != 404:  # gone already: nothing left to release
+                raise
 
     def event(
         self, md: Mapping[str, Any], event_type: str, reason: str, message: str, action: str

@@ -21,16 +21,31 @@ from typing import Any
 from pydantic.alias_generators import to_camel
 
 from modeldeploy.api import ModelSource
-from modeldeploy.fetch.artifact import ArtifactFile, Resolution
-from modeldeploy.fetch.podspec import INIT_CONTAINER
+from modeldeploy.fetch.errors import (
+    CredentialError,
+    DigestMismatchError,
+    MissingFileError,
+    SelectionError,
+    SourceChangedError,
+)
+from modeldeploy.resolution import ArtifactFile, Resolution
 from modeldeploy.sizing import GIB, ModelArchitecture
 
 CONDITION = "ArtifactVerified"
+# The name of the fetch init container (render/fetch_init.py), whose termination message
+# reports what it fetched and verified.
+INIT_CONTAINER = "fetch"
 
 # Failures of resolution that waiting does not cure: the spec or the source must change.
-# (The FetchError reasons of fetch/errors.py.)
 REFUSING_REASONS = frozenset(
-    {"DigestMismatch", "SourceChanged", "FileSelectionFailed", "FileMissing", "CredentialDenied"}
+    error.reason
+    for error in (
+        DigestMismatchError,
+        SourceChangedError,
+        SelectionError,
+        MissingFileError,
+        CredentialError,
+    )
 )
 
 

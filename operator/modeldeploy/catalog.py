@@ -32,6 +32,7 @@ class Engine(StrEnum):
 
     VLLM = "vllm"
     LLAMACPP = "llamacpp"
+    SGLANG = "sglang"
 
 
 class Accelerator(StrEnum):
@@ -165,17 +166,17 @@ GGUF_FILE_TYPES: dict[int, str] = {
     32: "BF16",
 }
 
-# The engines able to serve each format, in order of preference, and where they run.
+# The engines able to serve each format, in order of preference (``engine: auto`` takes the
+# first), and where they run. SGLang serves only when a spec names it.
 ENGINES_FOR_FORMAT: dict[Format, tuple[Engine, ...]] = {
     Format.GGUF: (Engine.LLAMACPP,),
-    Format.SAFETENSORS: (Engine.VLLM,),
+    Format.SAFETENSORS: (Engine.VLLM, Engine.SGLANG),
 }
 ACCELERATORS_FOR_ENGINE: dict[Engine, tuple[Accelerator, ...]] = {
     Engine.LLAMACPP: (Accelerator.GPU, Accelerator.CPU),
     Engine.VLLM: (Accelerator.GPU,),
+    Engine.SGLANG: (Accelerator.GPU,),
 }
-# vLLM's CUDA kernels need Volta or newer.
-VLLM_MIN_COMPUTE_CAPABILITY = (7, 0)
 # The Marlin kernels (much faster AWQ/GPTQ) need Ampere or newer.
 MARLIN_MIN_COMPUTE_CAPABILITY = (8, 0)
 

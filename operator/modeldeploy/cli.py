@@ -1,4 +1,9 @@
-"""The ``modeldeploy`` command line: one argparse parser, one function per subcommand."""
+"""The ``modeldeploy`` command line: one argparse parser, one function per subcommand.
+
+This module owns the parser and ``plan``, ``estimate`` and ``run``; ``serve``,
+``serve-runtime`` (``serve/cli``) and ``fetch`` (``fetch/cli``) register their own parsers
+here. Exit codes, ``CliError``, ``-f`` files and logging are shared (``cli_common``).
+"""
 
 from __future__ import annotations
 
@@ -12,16 +17,18 @@ from typing import Any, TextIO
 import yaml
 
 from modeldeploy import __version__
+from modeldeploy.catalog import Engine
+from modeldeploy.cli_common import (
+    EXIT_FAILURE,
+    EXIT_INVALID,
+    EXIT_OK,
+    CliError,
+    fail,
+    load_model_deployment,
+    read_yaml_documents,
+)
 from modeldeploy.fetch.cli import add_fetch_parser
 from modeldeploy.serve.cli import add_serve_parsers
-
-EXIT_OK = 0
-EXIT_FAILURE = 1  # the cluster could not be read
-EXIT_INVALID = 2  # bad input or a spec no node can serve: nothing printed on stdout
-
-
-class CliError(Exception):
-    """A problem with the command's input, reported on stderr with exit code 2."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,7 +79,7 @@ def _add_estimate(commands: Any) -> None:
     estimate.add_argument("--quantization", help="e.g. Q4_K_M, F16, AWQ (default: from --gguf)")
     estimate.add_argument("--context", type=int, default=4096, help="tokens per sequence")
     estimate.add_argument("--parallel", type=int, default=1, help="concurrent sequences")
-    estimate.add_argument("--engine", choices=("llamacpp", "vllm"), help="default: from format")
+    estimate.add_argument("--engine", choices=[str(e) for e in Engine], help="default: from format")
     estimate.add_argument("--gpus", type=int, default=1, help="GPUs (tensor parallel size)")
     estimate.add_argument("-o", "--output", choices=("json", "yaml"), help="machine output")
     _add_artifact_options(estimate)
@@ -97,37 +104,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     return result
 
 
-def _fail(command: str, message: str, code: int = EXIT_INVALID) -> int:
-    print(f"modeldeploy {command}: error: {message}", file=sys.stderr)
-    return code
-
-
-def _read_yaml_documents(path: str) -> list[Any]:
-    try:
-        text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
-        return [doc for doc in yaml.safe_load_all(text) if doc is not None]
-    except OSError as error:
-        raise CliError(f"{path}: {error.strerror or error}") from None
-    except yaml.YAMLError as error:
-        raise CliError(f"{path}: not valid YAML: {error}") from None
-
-
-def load_model_deployment(path: str) -> object:
-    """The one ModelDeployment document in a YAML file."""
-    documents = [
-        doc
-        for doc in _read_yaml_documents(path)
-        if not (isinstance(doc, dict) and doc.get("kind") not in (None, "ModelDeployment"))
-    ]
-    if len(documents) != 1:
-        raise CliError(f"{path}: expected one ModelDeployment, found {len(documents)}")
-    return documents[0]
-
-
 def load_nodes(path: str) -> list[dict[str, Any]]:
     """Node objects from a ``kind: List``/``NodeList`` or multi-document YAML file."""
     nodes: list[dict[str, Any]] = []
-    for doc in _read_yaml_documents(path):
+    for doc in read_yaml_documents(path):
         if not isinstance(doc, dict):
             raise CliError(f"{path}: expected Node objects, found {type(doc).__name__}")
         items = doc.get("items") if doc.get("kind") in ("List", "NodeList") else [doc]
@@ -152,7 +132,7 @@ def list_cluster_nodes(kubeconfig: str) -> list[dict[str, Any]]:
 
 
 def _artifact(args: argparse.Namespace) -> Any:
-    from modeldeploy.sizing import load_hf_config, read_gguf_metadata
+    from modeldeploy.fetch.gguf_header import load_hf_config, read_gguf_metadata
 
     try:
         if args.gguf:
@@ -184,12 +164,12 @@ def run_plan(args: argparse.Namespace) -> int:
             try:
                 nodes = list_cluster_nodes(args.kubeconfig)
             except Exception as error:  # any client failure is one message
-                return _fail("plan", f"cannot list nodes: {error}", EXIT_FAILURE)
+                return fail("plan", f"cannot list nodes: {error}", EXIT_FAILURE)
         result = plan_object(document, nodes, artifact=artifact)
     except CliError as error:
-        return _fail("plan", str(error))
+        return fail("plan", str(error))
     except PlanError as error:
-        return _fail("plan", str(error))
+        return fail("plan", str(error))
     if args.output:
         _emit(result.as_dict(), args.output, sys.stdout)
     else:
@@ -240,13 +220,9 @@ def _summary(plan: dict[str, Any]) -> str:
 def run_estimate(args: argparse.Namespace) -> int:
     """``modeldeploy estimate``: print one replica's memory breakdown."""
     from modeldeploy.api import parse_parameter_count
-    from modeldeploy.catalog import (
-        ENGINES_FOR_FORMAT,
-        Engine,
-        Format,
-        quantization_info,
-    )
-    from modeldeploy.sizing import estimate_memory
+    from modeldeploy.catalog import ENGINES_FOR_FORMAT, Format, quantization_info
+    from modeldeploy.runtimes import runtime_for
+    from modeldeploy.sizing import GIB, estimate_memory
 
     try:
         artifact = _artifact(args)
@@ -267,26 +243,26 @@ def run_estimate(args: argparse.Namespace) -> int:
             raise CliError("--parameters is required (e.g. 7B) without --gguf or --config-json")
         # F16/BF16/F32 exist in both formats: a GGUF file decides, else safetensors.
         fmt = Format.GGUF if info.is_gguf_only or args.gguf else Format.SAFETENSORS
-        engine = Engine(args.engine) if args.engine else ENGINES_FOR_FORMAT[fmt][0]
+        runtime = runtime_for(args.engine or ENGINES_FOR_FORMAT[fmt][0])
         if args.context < 1 or args.parallel < 1 or args.gpus < 1:
             raise CliError("--context, --parallel and --gpus must be at least 1")
         estimate = estimate_memory(
             quantization=info.name,
-            engine=engine,
+            rules=runtime.sizing,
             context_length=args.context,
             parallel=args.parallel,
             parameters=parameters,
             architecture=artifact,
             devices=args.gpus,
-            tensor_parallel_size=args.gpus if engine is Engine.VLLM else 1,
+            tensor_parallel_size=runtime.tensor_parallel_size(args.gpus),
         )
     except CliError as error:
-        return _fail("estimate", str(error))
+        return fail("estimate", str(error))
     data = estimate.as_dict()
     if args.output:
         _emit(data, args.output, sys.stdout)
         return EXIT_OK
-    per_device = "2 GiB per GPU" if engine is Engine.VLLM else "1 GiB per device"
+    per_device = f"{runtime.sizing.overhead_per_device / GIB:g} GiB per device"
     lines = [
         f"parameters    {_parameters(estimate.parameters)}",
         f"quantization  {estimate.quantization} ({estimate.bits_per_weight:g} bits per weight)",
@@ -294,7 +270,8 @@ def run_estimate(args: argparse.Namespace) -> int:
         f"kv cache      {_gib(estimate.kv_cache_bytes)} ({estimate.kv_bytes_per_token} bytes"
         f"/token x {estimate.kv_tokens} tokens for {estimate.parallel} x "
         f"{estimate.context_length}, {estimate.kv_source})",
-        f"overhead      {_gib(estimate.overhead_bytes)} ({engine}: {per_device} + 5% of weights)",
+        f"overhead      {_gib(estimate.overhead_bytes)} "
+        f"({runtime.engine}: {per_device} + 5% of weights)",
         f"total         {_gib(estimate.total_bytes)} ({estimate.total_bytes} bytes)",
     ]
     sys.stdout.write("\n".join(lines) + "\n")
@@ -347,8 +324,7 @@ def run_operator_command(args: argparse.Namespace) -> int:
     try:
         settings = load_settings(args.config, overrides)
     except SettingsError as error:
-        print(f"modeldeploy run: {error}", file=sys.stderr)
-        return EXIT_INVALID
+        return fail("run", str(error))
     if not settings.planning.source_settings:
         settings = settings.model_copy(
             update={"planning": replace(settings.planning, source_settings=source_settings())}

@@ -7,9 +7,31 @@ fills it (environment, Helm values) belongs to the operator's entry point, not h
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import copy
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 from modeldeploy import __version__
+
+# The "nonroot" user of distroless images; every runtime image and the operator image run as it.
+RUN_AS_USER = 65532
+# The security contexts of model pods: the PodSecurity "restricted" profile. The container
+# one applies to every container of the pod (the engine and the fetch init container).
+POD_SECURITY_CONTEXT: Mapping[str, Any] = {
+    "runAsNonRoot": True,
+    "runAsUser": RUN_AS_USER,
+    "runAsGroup": RUN_AS_USER,
+    "fsGroup": RUN_AS_USER,
+    "fsGroupChangePolicy": "OnRootMismatch",
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+CONTAINER_SECURITY_CONTEXT: Mapping[str, Any] = {
+    "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"]},
+    "readOnlyRootFilesystem": True,
+    "runAsNonRoot": True,
+}
 
 
 @dataclass(frozen=True)
@@ -17,15 +39,17 @@ class OperatorConfig:
     """Settings for planning and rendering; every field has a working default."""
 
     # runtime-images/: llamacpp/Dockerfile (portable CPU), llamacpp/Dockerfile.cuda, vllm/,
-    # operator/ (the operator and the fetcher init container).
+    # sglang/, operator/ (the operator and the fetcher init container).
     llamacpp_image: str = f"ghcr.io/modeldeploy/llamacpp:{__version__}"
     llamacpp_gpu_image: str = f"ghcr.io/modeldeploy/llamacpp:{__version__}-cuda"
     vllm_image: str = f"ghcr.io/modeldeploy/vllm:{__version__}"
+    sglang_image: str = f"ghcr.io/modeldeploy/sglang:{__version__}"
     operator_image: str = f"ghcr.io/modeldeploy/operator:{__version__}"
     image_pull_policy: str = "IfNotPresent"
     # CPU architectures each runtime image is built for; nodes of other arches are skipped.
     llamacpp_architectures: tuple[str, ...] = ("amd64", "arm64")
     vllm_architectures: tuple[str, ...] = ("amd64",)
+    sglang_architectures: tuple[str, ...] = ("amd64",)
     # Share of each GPU's memory a replica may plan to use (vLLM --gpu-memory-utilization);
     # the rest absorbs fragmentation and other processes on the device.
     gpu_memory_utilization: float = 0.90
@@ -44,19 +68,22 @@ class OperatorConfig:
     min_cache_bytes: int = 1024**3
     cache_mount_path: str = "/models"
     # Non-secret settings for reaching model sources (HF_ENDPOINT, AWS_ENDPOINT_URL, ...;
-    # fetch.resolve.SETTINGS_VARS): the operator resolves with them and every fetch init
+    # fetch.envvars.SETTINGS_VARS): the operator resolves with them and every fetch init
     # container gets them as env values.
     source_settings: tuple[tuple[str, str], ...] = ()
     port: int = 8000
     service_type: str = "ClusterIP"
     termination_grace_period_seconds: int = 60
-
-    def image_for(self, engine: str, gpu: bool = False) -> str:
-        """The runtime image of an engine (llama.cpp's CUDA build for GPU placements)."""
-        if engine == "vllm":
-            return self.vllm_image
-        return self.llamacpp_gpu_image if gpu else self.llamacpp_image
-
-    def architectures_for(self, engine: str) -> tuple[str, ...]:
-        """The CPU architectures an engine's image runs on."""
-        return self.vllm_architectures if engine == "vllm" else self.llamacpp_architectures
+    # securityContext of model pods (core/v1 PodSecurityContext) and of each of their
+    # containers (core/v1 SecurityContext), as given: the chart's planning settings.
+    pod_security_context: Mapping[str, Any] = field(
+        default_factory=lambda: copy.deepcopy(dict(POD_SECURITY_CONTEXT))
+    )
+    container_security_context: Mapping[str, Any] = field(
+        default_factory=lambda: copy.deepcopy(dict(CONTAINER_SECURITY_CONTEXT))
+    )
+    # Autoscaling modes keda and hpa (docs/autoscaling.md): the Prometheus that KEDA's
+    # trigger queries, how often KEDA asks it, and the Pods metric prometheus-adapter serves.
+    prometheus_server_address: str = "http://prometheus-operated.monitoring.svc:9090"
+    keda_polling_interval_seconds: int = 15
+    hpa_metric_name: str = "modeldeploy_requests_in_flight"

@@ -6,6 +6,8 @@ from collections.abc import Iterable
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from modeldeploy.api import PHASES
+
 RECONCILES = Counter(
     "modeldeploy_reconcile",
     "Reconcile passes of ModelDeployments, by result.",
@@ -30,8 +32,11 @@ API_WRITES = Counter(
     "Write calls the operator made to the API server, by verb and kind.",
     ["verb", "kind"],
 )
-
-PHASES = ("Pending", "Fetching", "Deploying", "Ready", "Degraded", "Failed", "Blocked")
+RESYNCS = Counter(
+    "modeldeploy_resync_rounds",
+    "Operator-wide drift-check rounds, by outcome (ran, or paused by Kopf peering).",
+    ["outcome"],
+)
 
 
 def set_phase_counts(phases: Iterable[str]) -> None:

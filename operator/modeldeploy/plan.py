@@ -14,9 +14,10 @@ from typing import Any
 
 from modeldeploy.api import ModelDeployment, SpecError, parse_model_deployment
 from modeldeploy.config import OperatorConfig
-from modeldeploy.fetch.artifact import Resolution
-from modeldeploy.hardware import Placement, PlacementRefusal, plan_placement
-from modeldeploy.render import render_objects
+from modeldeploy.decision import Placement, PlacementRefusal
+from modeldeploy.placement import plan_placement
+from modeldeploy.render import RenderInputs, render_objects
+from modeldeploy.resolution import Resolution
 from modeldeploy.sizing import ModelArchitecture
 
 PlanError = (SpecError, PlacementRefusal)
@@ -53,7 +54,7 @@ def plan(
     if artifact is None and resolution is not None:
         artifact = resolution.architecture
     placement = plan_placement(md.spec, nodes, config, artifact)
-    return Plan(md, placement, render_objects(md, placement, config, resolution))
+    return Plan(md, placement, render_objects(RenderInputs(md, placement, config, resolution)))
 
 
 def plan_object(

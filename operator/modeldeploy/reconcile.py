@@ -5,7 +5,8 @@ Node changes, changes of the children): it plans from the object and the node po
 applies the children whose live copy differs from what it renders, prunes children it no
 longer renders, computes the status, and writes status and Events only where something
 changed. It reads nothing from the API server itself: the caller hands it a snapshot of
-the cluster (``ClusterView``) and a ``Writer``; so an idle pass makes no call at all.
+the cluster (``ClusterView``) and a ``Writer``; so an idle pass makes no call at all
+(``drift.needs_apply`` decides which children need a write).
 """
 
 from __future__ import annotations
@@ -15,19 +16,36 @@ import json
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from modeldeploy.api import SpecError
-from modeldeploy.apply import Writer, needs_apply
 from modeldeploy.artifacts import ArtifactState
+from modeldeploy.clock import utc_now
 from modeldeploy.config import OperatorConfig
-from modeldeploy.hardware import PlacementRefusal, quantity_bytes
+from modeldeploy.decision import PlacementRefusal
+from modeldeploy.drift import needs_apply
 from modeldeploy.plan import plan_object
+from modeldeploy.quantity import quantity_bytes
 from modeldeploy.render import LABEL_MODEL_DEPLOYMENT
-from modeldeploy.status import Observed, Refusal, compute_status, transitions, utc_now
+from modeldeploy.status import Observed, Refusal, compute_status, transitions
 
 log = logging.getLogger(__name__)
 SIZE_HINT = "spec.model.parameters"  # the field a refusal names when only the artifact can size
+
+
+class Writer(Protocol):
+    """The writes a pass makes: ``apply.Writer`` in the operator (the only writer), a
+    recording stand-in in tests. A pass never reads through it."""
+
+    def apply(self, obj: Mapping[str, Any]) -> dict[str, Any]: ...
+
+    def delete(self, kind: str, namespace: str, name: str, uid: str | None = None) -> None: ...
+
+    def apply_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None: ...
+
+    def event(
+        self, md: Mapping[str, Any], event_type: str, reason: str, message: str, action: str
+    ) -> None: ...
 
 
 @dataclass(frozen=True)

@@ -35,8 +35,8 @@ from modeldeploy.artifacts import (
 )
 from modeldeploy.fetch.credentials import redact
 from modeldeploy.fetch.download import DownloadOptions
+from modeldeploy.fetch.envvars import GCS_KEY_FILE
 from modeldeploy.fetch.errors import FetchError
-from modeldeploy.fetch.podspec import GCS_KEY_FILE
 from modeldeploy.fetch.resolve import resolve_model
 from modeldeploy.fetch.uri import parse_source
 

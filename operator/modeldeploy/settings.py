@@ -8,6 +8,7 @@ An unknown key or a wrong type stops the operator with one message naming the ke
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -17,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 from pydantic.alias_generators import to_camel
 
 from modeldeploy.config import OperatorConfig
-from modeldeploy.fetch.resolve import SETTINGS_VARS, settings_from_env
+from modeldeploy.fetch.envvars import SETTINGS_VARS, settings_from_env
 
 
 class SettingsError(ValueError):
@@ -81,7 +82,7 @@ def _source_settings(value: Any) -> tuple[tuple[str, str], ...]:
 
 def source_settings(env: Mapping[str, str] | None = None) -> tuple[tuple[str, str], ...]:
     """The operator's own non-secret source variables (HF_ENDPOINT, ...), for sourceSettings."""
-    return tuple(sorted(settings_from_env(env).items()))
+    return tuple(sorted(settings_from_env(os.environ if env is None else env).items()))
 
 
 def load_settings(path: Path | None, overrides: dict[str, Any]) -> OperatorSettings:

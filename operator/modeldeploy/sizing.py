@@ -1,7 +1,9 @@
 """Memory sizing: how many bytes one replica of a model needs, and where the facts come from.
 
-This module owns the memory estimate the planner fits against nodes, and the two readers of
-real model metadata (a GGUF header, a Hugging Face ``config.json``).
+This module owns the memory estimate the planner fits against nodes, and the rules that
+turn real model metadata (GGUF header fields, a Hugging Face ``config.json`` mapping) into
+a ``ModelArchitecture``. It reads no file: ``fetch.gguf_header`` parses the bytes, from a
+source or a local file.
 
 The estimate for one replica is::
 
@@ -40,25 +42,21 @@ See docs/sizing.md for the sources of every figure.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
-from modeldeploy.catalog import GGUF_FILE_TYPES, Engine, quantization_info
+from modeldeploy.catalog import GGUF_FILE_TYPES, quantization_info
 
 MIB = 1024**2
 GIB = 1024**3
 
 KV_BYTES_PER_ELEMENT = 2  # f16 keys and values: llama.cpp's default cache type, vLLM's "auto"
-LLAMACPP_OVERHEAD_PER_DEVICE = 1 * GIB
-VLLM_OVERHEAD_PER_GPU = 2 * GIB
 OVERHEAD_WEIGHTS_FRACTION = 0.05
-# vLLM allocates KV blocks as tokens arrive; a typical chat or RAG request (prompt plus
-# answer) stays within this many tokens.
-VLLM_TYPICAL_SEQUENCE_TOKENS = 2048
+# A paged KV cache allocates blocks as tokens arrive; a typical chat or RAG request (prompt
+# plus answer) stays within this many tokens.
+TYPICAL_SEQUENCE_TOKENS = 2048
 
 # Fallback layer counts by parameter count, from the config.json of these models:
 # Llama-3.2-1B 16, Llama-3.2-3B 28, Llama-3.1-8B 32, Qwen2.5-14B 48, Qwen2.5-32B 64,
@@ -78,6 +76,20 @@ FALLBACK_HEAD_DIM = 128
 _DTYPES = {"bfloat16": "BF16", "float16": "F16", "float32": "F32", "half": "F16"}
 _QUANT_METHODS = {"awq": "AWQ", "gptq": "GPTQ", "fp8": "FP8"}
 _SIZE_IN_NAME = re.compile(r"(?<![0-9A-Za-z.])(?:(\d+)x)?(\d+(?:\.\d+)?)([BbMm])(?![A-Za-z0-9])")
+
+
+@dataclass(frozen=True)
+class SizingRules:
+    """How one engine allocates memory; each runtime module gives its own (``Runtime.sizing``).
+
+    ``paged_kv_cache``: blocks are allocated as tokens arrive (vLLM's PagedAttention, SGLang's
+    token pool), so the plan reserves one full sequence plus typical ones; otherwise every
+    slot's context is allocated up front (llama.cpp's ``--ctx-size``).
+    """
+
+    engine: str
+    overhead_per_device: int
+    paged_kv_cache: bool
 
 
 @dataclass(frozen=True)
@@ -129,7 +141,7 @@ class MemoryEstimate:
     bits_per_weight: float
     context_length: int
     parallel: int
-    engine: Engine
+    engine: str
     devices: int
     weights_source: str  # "file" or "parameters"
     kv_source: str  # "architecture" or "fallback"
@@ -153,7 +165,7 @@ class MemoryEstimate:
             "bitsPerWeight": self.bits_per_weight,
             "contextLength": self.context_length,
             "parallel": self.parallel,
-            "engine": str(self.engine),
+            "engine": self.engine,
             "devices": self.devices,
             "weightsSource": self.weights_source,
             "kvSource": self.kv_source,
@@ -184,10 +196,10 @@ def fallback_kv_bytes_per_token(parameters: int) -> int:
     return 2 * layers * FALLBACK_KV_HEADS * FALLBACK_HEAD_DIM * KV_BYTES_PER_ELEMENT
 
 
-def kv_tokens(engine: Engine, context_length: int, parallel: int) -> int:
-    """Tokens of KV cache a replica reserves: every slot full, or vLLM's paged share."""
-    if engine is Engine.VLLM:
-        typical = min(context_length, VLLM_TYPICAL_SEQUENCE_TOKENS)
+def kv_tokens(rules: SizingRules, context_length: int, parallel: int) -> int:
+    """Tokens of KV cache a replica reserves: every slot full, or a paged cache's share."""
+    if rules.paged_kv_cache:
+        typical = min(context_length, TYPICAL_SEQUENCE_TOKENS)
         return context_length + (parallel - 1) * typical
     return context_length * parallel
 
@@ -213,16 +225,15 @@ def weights_bytes(
     return round(parameters * info.bits_per_weight / 8)
 
 
-def overhead_bytes(engine: Engine, weights: int, devices: int) -> int:
+def overhead_bytes(rules: SizingRules, weights: int, devices: int) -> int:
     """Runtime overhead: a per-device constant plus a share of the weights."""
-    per_device = VLLM_OVERHEAD_PER_GPU if engine is Engine.VLLM else LLAMACPP_OVERHEAD_PER_DEVICE
-    return per_device * max(1, devices) + round(weights * OVERHEAD_WEIGHTS_FRACTION)
+    return rules.overhead_per_device * max(1, devices) + round(weights * OVERHEAD_WEIGHTS_FRACTION)
 
 
 def estimate_memory(
     *,
     quantization: str,
-    engine: Engine,
+    rules: SizingRules,
     context_length: int,
     parallel: int,
     parameters: int | None = None,
@@ -244,7 +255,7 @@ def estimate_memory(
     kv_source = "architecture"
     if per_token is None:
         per_token, kv_source = fallback_kv_bytes_per_token(params), "fallback"
-    tokens = kv_tokens(engine, context_length, parallel)
+    tokens = kv_tokens(rules, context_length, parallel)
     kv_cache = per_token * tokens
     kv_heads = arch.kv_heads if arch.kv_heads is not None else FALLBACK_KV_HEADS
     if tensor_parallel_size > kv_heads:
@@ -253,7 +264,7 @@ def estimate_memory(
     return MemoryEstimate(
         weights_bytes=weights,
         kv_cache_bytes=kv_cache,
-        overhead_bytes=overhead_bytes(engine, weights, devices),
+        overhead_bytes=overhead_bytes(rules, weights, devices),
         kv_bytes_per_token=per_token,
         kv_tokens=tokens,
         parameters=params,
@@ -261,7 +272,7 @@ def estimate_memory(
         bits_per_weight=info.bits_per_weight,
         context_length=context_length,
         parallel=parallel,
-        engine=engine,
+        engine=rules.engine,
         devices=max(1, devices),
         weights_source=weights_source,
         kv_source=kv_source,
@@ -333,32 +344,6 @@ def read_hf_config(config: Mapping[str, Any]) -> ModelArchitecture:
     )
     # Mixture-of-experts shapes are not dense: leave the count to the parameters hint.
     return arch if experts > 1 else replace(arch, parameters=dense_parameter_count(arch))
-
-
-def load_hf_config(path: str | Path) -> ModelArchitecture:
-    """Read a ``config.json`` file."""
-    data = json.loads(Path(path).read_text(encoding="utf-8"))
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: config.json must hold a JSON object")
-    return read_hf_config(data)
-
-
-def read_gguf_metadata(path: str | Path) -> ModelArchitecture:
-    """Read the architecture, quantization and size from a GGUF file's header."""
-    import gguf
-
-    reader = gguf.GGUFReader(str(path))
-
-    def value(key: str) -> Any:
-        field = reader.get_field(key)
-        return None if field is None else field.contents()
-
-    tokens = reader.get_field("tokenizer.ggml.tokens")
-    return gguf_architecture_from(
-        value,
-        [(t.name, int(t.n_elements), int(t.n_bytes)) for t in reader.tensors],
-        lambda: len(tokens.data) if tokens else None,
-    )
 
 
 def gguf_architecture_from(

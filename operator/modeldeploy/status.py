@@ -7,12 +7,14 @@ and ``Scheduled`` conditions with ``observedGeneration`` (and ``ArtifactVerified
 ``status.artifact`` once the operator resolves artifacts), a ``phase``, the decision,
 replica counts, the scale-subresource selector and the endpoint. A condition keeps its
 ``lastTransitionTime`` while its status is unchanged, so an unchanged world computes a
-byte-identical status and the operator writes nothing.
+byte-identical status and the operator writes nothing. ``forbidden_status`` is the
+status a pass leaves when the API server refused it a permission (``Degraded=True``,
+reason ``Forbidden``).
 """
 
 from __future__ import annotations
 
-import datetime
+import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -84,11 +86,6 @@ class Observed:
 
     deployment: Mapping[str, Any] | None
     pods: Sequence[Mapping[str, Any]] = ()
-
-
-def utc_now() -> str:
-    """The current time as a metav1.Time string (seconds, UTC)."""
-    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def condition(
@@ -278,6 +275,23 @@ def _workload_conditions(
         progressing = cond("Progressing", True, "RollingOut", message)
         phase = "Degraded" if problem else "Deploying"
     return [ready_cond, progressing, degraded, scheduled], phase, replicas, ready
+
+
+def forbidden_status(
+    previous: Mapping[str, Any], message: str, *, generation: int, now: str
+) -> dict[str, Any]:
+    """``previous`` with ``Degraded=True``, reason ``Forbidden``: the operator lacks a permission.
+
+    The rest of the status is kept as it was (the pass that lacked the permission computed
+    nothing it could write), and so is the condition's ``lastTransitionTime`` while it was
+    already True.
+    """
+    status = {key: copy.deepcopy(value) for key, value in previous.items() if key != "conditions"}
+    degraded = condition("Degraded", True, "Forbidden", message, generation=generation, now=now)
+    kept = previous.get("conditions") or []
+    others = [dict(c) for c in kept if c.get("type") != "Degraded"]
+    status["conditions"] = [*others, *_keep_transition_times([degraded], kept)]
+    return status
 
 
 def transitions(

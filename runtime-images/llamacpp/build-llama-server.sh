@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds (or reuses) llama.cpp's `llama-server` from the llama.cpp source vendored in the
-# pinned llama-cpp-python sdist (DESIGN.md §6): the sdist is fetched from PyPI with pip,
+# pinned llama-cpp-python sdist (docs/runtimes.md): the sdist is fetched from PyPI with pip,
 # hash-checked, and only the llama-server target is built with cmake.
 #
 # The binary lands in a cache directory outside the repository, keyed by the pinned version

@@ -30,7 +30,7 @@ from e2e.cluster.tools import client_bin_dir
 from pydantic.alias_generators import to_camel
 
 from modeldeploy.config import OperatorConfig
-from modeldeploy.fetch.resolve import SETTINGS_VARS
+from modeldeploy.fetch.envvars import SETTINGS_VARS
 from modeldeploy.metrics import (
     API_WRITES,
     LAST_ERROR,

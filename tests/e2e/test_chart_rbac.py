@@ -18,7 +18,8 @@ and, for serving a list of namespaces, namespaces list/watch.
 
 The scenario, per namespace:
 
-- before the operators start: a ModelDeployment ``early`` (read by the initial listing);
+- before the operators start: a ModelDeployment ``early`` (read by the initial listing),
+  carrying the finalizer earlier operators had Kopf put on every object (released);
 - once they run, and after a refused watch has been given up (Kopf retries a refused
   request for about a minute, re-listing meanwhile, then stops that watch): ``a`` (model
   cache on: Deployment, Service and PVC are created; its source is private, so the
@@ -57,7 +58,7 @@ Rule = tuple[str, str, tuple[str, ...], tuple[str, ...]]  # group, resource, ver
 RUN_LABEL = "modeldeploy.io/e2e-rbac"
 OWNER_LABEL = "modeldeploy.io/model-deployment"
 MANAGED = {"app.kubernetes.io/managed-by": "modeldeploy"}
-FINALIZER = "modeldeploy.io/finalizer"
+FINALIZER = "modeldeploy.io/finalizer"  # what earlier operators left; this one releases it
 HUB_SECRET = "hub-token"  # a's spec.model.credentialsSecret: the operator reads it to resolve
 HUB_TOKEN = "hf_rbacTestTokenNeverLogged"
 
@@ -209,7 +210,9 @@ class Run:
                 "subjects": [{"kind": "ServiceAccount", "name": "operator", "namespace": ns}],
             }
         )
-        self.create(ns, model("early"))
+        early = model("early")
+        early["metadata"]["finalizers"] = [FINALIZER]
+        self.create(ns, early)
         kubeconfig = service_account_kubeconfig(
             self.cluster, ns, "operator", self.tmp / f"{ns}.kubeconfig"
         )
@@ -410,7 +413,8 @@ def condition(md: dict[str, Any] | None, type_: str) -> dict[str, Any]:
 
 
 def unhealthy(name: str, md: dict[str, Any] | None) -> list[str]:
-    """Why ``md`` is not Ready for its generation, not Degraded, held by the finalizer."""
+    """Why ``md`` is not Ready for its generation, not Degraded, or still holds the finalizer
+    an earlier operator left."""
     if md is None:
         return [f"{name}: missing"]
     ready, degraded = condition(md, "Ready"), condition(md, "Degraded")
@@ -421,8 +425,8 @@ def unhealthy(name: str, md: dict[str, Any] | None) -> list[str]:
         problems.append(f"{name}: Degraded {degraded.get('reason')}: {degraded.get('message')}")
     if (md.get("status") or {}).get("observedGeneration") != md["metadata"]["generation"]:
         problems.append(f"{name}: generation {md['metadata']['generation']} not observed")
-    if FINALIZER not in (md["metadata"].get("finalizers") or []):
-        problems.append(f"{name}: no finalizer")
+    if FINALIZER in (md["metadata"].get("finalizers") or []):
+        problems.append(f"{name}: the earlier operator's finalizer is not released")
     return problems
 
 

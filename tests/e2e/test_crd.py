@@ -204,12 +204,23 @@ REFUSALS: list[tuple[str, dict[str, Any], str]] = [
         "engine llamacpp cannot serve AWQ",
     ),
     (
+        "sglang with gguf",
+        {"engine": "sglang", "model": {"source": "hf://a/b", "format": "gguf"}},
+        "engine sglang cannot serve format gguf",
+    ),
+    (
+        "sglang with Q4_K_M",
+        {"engine": "sglang", "model": {"source": "hf://a/b", "quantization": "Q4_K_M"}},
+        "engine sglang cannot serve GGUF quantizations",
+    ),
+    ("sglang on cpu", {"engine": "sglang", "hardware": {"accelerator": "cpu"}}, "needs a GPU"),
+    (
         "cpu with FP8",
         {
             "hardware": {"accelerator": "cpu"},
             "model": {"source": "hf://a/b", "quantization": "FP8"},
         },
-        "served by vllm on GPUs only",
+        "served by vllm or sglang on GPUs only",
     ),
     (
         "gpu settings on cpu",
@@ -239,7 +250,11 @@ REFUSALS: list[tuple[str, dict[str, Any], str]] = [
         "minReplicas must be less than or equal to maxReplicas",
     ),
     ("quantization enum", {"model": {"source": "hf://a/b", "quantization": "Q4"}}, '"Q4"'),
-    ("engine enum", {"engine": "tgi"}, 'supported values: "auto", "vllm", "llamacpp"'),
+    (
+        "engine enum",
+        {"engine": "tgi"},
+        'supported values: "auto", "vllm", "llamacpp", "sglang"',
+    ),
     ("negative replicas", {"replicas": -1}, "greater than or equal to 0"),
     ("context as text", {"serving": {"contextLength": "4k"}}, "must be of type integer"),
     ("duplicate env", {"serving": {"env": [{"name": "A"}, {"name": "A"}]}}, "Duplicate value"),

@@ -210,7 +210,7 @@ def test_operator_as_the_chart_service_account_reconciles_to_ready(
                 and str(entry.get("userAgent", "")).startswith("modeldeploy/")
             }
             assert users == {account}
-        # Deleting goes through the operator's finalizer, which it removes.
+        # Deleting needs no operator (no finalizer); the children are garbage-collected.
         custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "chat")
         wait_until(
             lambda: (

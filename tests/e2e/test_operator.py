@@ -1,8 +1,11 @@
-"""The operator against the real control plane: create, update, drift, scale, delete,
-refusals, node-pool changes, crash recovery, and an idle resync that writes nothing."""
+"""The operator against the real control plane: create, update, drift, scale, delete (also
+while no operator runs), refusals, node-pool changes, crash recovery, the release of an
+earlier operator's finalizers, the drift check pausing with Kopf peering, and an idle
+resync that writes nothing."""
 
 from __future__ import annotations
 
+import datetime
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -10,7 +13,13 @@ from typing import Any
 import pytest
 import yaml
 from e2e.cluster.local import REPO
-from e2e.harness import ClusterHandle, ModelDeploymentApi, OperatorProcess, wait_until
+from e2e.harness import (
+    ClusterHandle,
+    ModelDeploymentApi,
+    OperatorProcess,
+    install_peering_crds,
+    wait_until,
+)
 from kubernetes import client
 
 GROUP, VERSION, PLURAL = "modeldeploy.io", "v1alpha1", "modeldeployments"
@@ -185,13 +194,14 @@ def test_kubectl_scale_goes_through_the_scale_subresource(
     assert scale["status"]["selector"] == "modeldeploy.io/model-deployment=chat"
 
 
-def test_delete_collects_every_child_and_releases_the_finalizer(
+def test_delete_collects_every_child_and_holds_no_finalizer(
     crd_cluster: ClusterHandle, namespace: str, operator: OperatorProcess
 ) -> None:
     api = Api(crd_cluster, namespace)
     api.create(gemma("chat"))
     api.wait_ready("chat")
-    assert "modeldeploy.io/finalizer" in api.md("chat")["metadata"]["finalizers"]
+    # No handler needs one: deletion never waits for an operator.
+    assert not api.md("chat")["metadata"].get("finalizers")
     api.custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "chat")
 
     def gone() -> bool:
@@ -204,6 +214,123 @@ def test_delete_collects_every_child_and_releases_the_finalizer(
         return False
 
     wait_until(gone, what="the ModelDeployment and all its children to be deleted")
+
+
+def test_delete_while_no_operator_runs_completes_and_collects_every_child(
+    crd_cluster: ClusterHandle, namespace: str, operator: OperatorProcess
+) -> None:
+    api = Api(crd_cluster, namespace)
+    api.create(gemma("chat"))
+    api.wait_ready("chat")
+    assert api.children("chat") == [
+        "Deployment/chat", "PersistentVolumeClaim/chat-model-cache", "Service/chat",
+    ]  # fmt: skip
+    operator.stop()
+    # What a person runs; kubectl waits until the object is gone, which no finalizer holds.
+    deleted = crd_cluster.kubectl(
+        "delete", "-n", namespace, "mdep/chat", "--wait", "--timeout=60s", check=False
+    )
+    assert deleted.returncode == 0, deleted.stderr
+    with pytest.raises(client.ApiException) as missing:
+        api.md("chat")
+    assert missing.value.status == 404
+    # The children are owned by it: the garbage collector deletes them, no operator needed.
+    wait_until(
+        lambda: not api.children("chat") and not api.pods("chat"),
+        what="the garbage collector to delete the Deployment, Service, PVC and pods",
+    )
+
+
+LEGACY_FINALIZERS = ["modeldeploy.io/finalizer", "kopf.zalando.org/KopfFinalizerMarker"]
+
+
+def test_finalizers_an_earlier_operator_left_are_released_on_first_sight(
+    crd_cluster: ClusterHandle, namespace: str
+) -> None:
+    api = Api(crd_cluster, namespace)
+    foreign = "example.com/backup"  # someone else's: kept
+    kept = gemma("kept")
+    kept["metadata"]["finalizers"] = [foreign, *LEGACY_FINALIZERS]
+    api.create(kept)
+    # Deleted while no operator ran: held Terminating by the old finalizer.
+    held = gemma("held")
+    held["metadata"]["finalizers"] = LEGACY_FINALIZERS[:1]
+    api.create(held)
+    api.custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "held")
+    assert api.md("held")["metadata"].get("deletionTimestamp")
+    mark = len(crd_cluster.audit_log.read_text().splitlines()) if crd_cluster.audit_log else 0
+
+    def held_gone() -> bool:
+        try:
+            api.md("held")
+        except client.ApiException as error:
+            if error.status == 404:
+                return True
+            raise
+        return False
+
+    process = OperatorProcess(crd_cluster.kubeconfig, namespace).start()
+    try:
+        wait_until(held_gone, what="the held ModelDeployment to be released and deleted")
+        wait_until(
+            lambda: api.md("kept")["metadata"].get("finalizers") == [foreign],
+            what="the old finalizers to be released, the foreign one kept",
+        )
+        api.wait_ready("kept")
+        if crd_cluster.audit_log is not None:
+            # Released by the operator's one writer, not by Kopf.
+            patches = [
+                (w["userAgent"].split("/")[0], w["objectRef"]["name"])
+                for w in audit_writes(crd_cluster, mark, namespace)
+                if w["verb"] == "patch"
+                and w["objectRef"].get("resource") == PLURAL
+                and not w["objectRef"].get("subresource")
+            ]
+            assert sorted(patches) == [("modeldeploy", "held"), ("modeldeploy", "kept")]
+    finally:
+        process.stop()
+        api.custom.patch_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL, "kept", {"metadata": {"finalizers": None}}
+        )
+
+
+def test_the_drift_check_pauses_while_kopf_peering_pauses_the_operator(
+    crd_cluster: ClusterHandle, namespace: str
+) -> None:
+    install_peering_crds(crd_cluster)
+    api = Api(crd_cluster, namespace)
+    peering = "modeldeploy"
+    api.custom.create_namespaced_custom_object(
+        "kopf.dev", "v1", namespace, "kopfpeerings",
+        {"apiVersion": "kopf.dev/v1", "kind": "KopfPeering", "metadata": {"name": peering}},
+    )  # fmt: skip
+    api.create(gemma("chat"))
+    process = OperatorProcess(crd_cluster.kubeconfig, namespace, peering=peering).start()
+
+    def rounds(outcome: str) -> float:
+        return process.metric("modeldeploy_resync_rounds_total", outcome=outcome)
+
+    def set_peer(entry: dict[str, Any] | None) -> None:
+        api.custom.patch_namespaced_custom_object(
+            "kopf.dev", "v1", namespace, "kopfpeerings", peering,
+            {"status": {"e2e-peer": entry}},
+        )  # fmt: skip
+
+    try:
+        api.wait_ready("chat")
+        wait_until(lambda: rounds("ran") >= 2, what="drift checks while alone in the peering")
+        now = datetime.datetime.now(datetime.UTC).isoformat()
+        set_peer({"priority": 100, "lifetime": 600, "lastseen": now})
+        wait_until(lambda: "Pausing operations in favour of" in process.log(), what="Kopf to pause")
+        paused = rounds("paused")
+        wait_until(lambda: rounds("paused") > paused, what="a paused drift check")
+        passes, paused = process.reconciles(), rounds("paused")
+        wait_until(lambda: rounds("paused") >= paused + 3, what="three more paused drift checks")
+        assert process.reconciles() == passes
+        set_peer(None)  # the peer left: Kopf resumes, and so does the drift check
+        wait_until(lambda: process.reconciles() >= passes + 2, what="drift checks to run again")
+    finally:
+        process.stop()
 
 
 def test_unsatisfiable_spec_sets_conditions_posts_one_event_and_does_not_retry(
@@ -362,3 +489,38 @@ def test_an_idle_resync_makes_zero_write_calls(
     assert writes == [], [(w["verb"], w["objectRef"]) for w in writes]
     # The audit log does record this operator's writes: the rollout's are there.
     assert audit_writes(crd_cluster, 0, namespace)
+
+
+def test_sglang_deploys_on_the_simulated_gpu_nodes(
+    crd_cluster: ClusterHandle, namespace: str, operator: OperatorProcess
+) -> None:
+    api = Api(crd_cluster, namespace)
+    md = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "ModelDeployment",
+        "metadata": {"name": "qwen-sglang"},
+        "spec": {
+            "model": {
+                "source": "hf://Qwen/Qwen2.5-72B-Instruct",
+                "parameters": "72B",
+                "format": "safetensors",
+                "quantization": "BF16",
+                "servedName": "qwen-72b",
+            },
+            "engine": "sglang",
+            "hardware": {"gpu": {"products": [H100]}},
+            "serving": {"contextLength": 8192, "maxConcurrentRequests": 8},
+        },
+    }
+    api.create(md)
+    api.wait_ready("qwen-sglang")
+    decision = api.md("qwen-sglang")["status"]["decision"]
+    assert decision["engine"] == "sglang" and decision["tensorParallelSize"] >= 2
+    (container,) = api.deployment("qwen-sglang").spec.template.spec.containers
+    assert container.command == ["modeldeploy", "serve-runtime", "sglang", "--"]
+    assert container.args[container.args.index("--tp-size") + 1] == str(
+        decision["tensorParallelSize"]
+    )
+    assert container.readiness_probe.http_get.path == "/health"
+    (pod,) = api.pods("qwen-sglang")
+    assert node_labels(api, pod.spec.node_name)["nvidia.com/gpu.product"] == H100

@@ -1,7 +1,7 @@
 """A model pod that really serves: gemma 270M (GGUF, CPU) through the whole path.
 
 ModelDeployment -> the operator renders it -> kube-scheduler places the pod on a simulated
-CPU node -> the pod runner (``e2e/podrunner.py``) runs the fetch init container (a real
+CPU node -> the pod runner (``e2e/podrunner/``) runs the fetch init container (a real
 download from a stand-in https:// mirror on 127.0.0.1, sha256 pinned in
 ``spec.model.digests``) and the engine container (``modeldeploy serve-runtime llamacpp``,
 i.e. llama-server) bound to the pod's IP -> ``status`` Ready -> a chat completion against

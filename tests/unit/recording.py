@@ -29,3 +29,8 @@ class RecordingWriter:
 
     def event(self, md: Any, event_type: str, reason: str, message: str, action: str) -> None:
         self.calls.append(("event", (event_type, reason)))
+
+    def set_finalizers(
+        self, namespace: str, name: str, finalizers: list[str], resource_version: str | None
+    ) -> None:
+        self.calls.append(("finalizers", (name, finalizers, resource_version)))

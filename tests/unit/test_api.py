@@ -20,7 +20,7 @@ from modeldeploy.api import (
     GGUF_ONLY_QUANTIZATIONS,
     PHASES,
     QUANTIZATIONS,
-    VLLM_ONLY_QUANTIZATIONS,
+    SAFETENSORS_ONLY_QUANTIZATIONS,
     ModelDeployment,
     ModelDeploymentSpec,
     SpecError,
@@ -239,6 +239,24 @@ BAD_SPECS: list[tuple[str, dict[str, Any], str, str]] = [
         "AWQ",
     ),
     (
+        "sglang with gguf",
+        {"engine": "sglang", "model": {"source": "hf://a/b", "format": "gguf"}},
+        "spec.engine",
+        "format gguf",
+    ),
+    (
+        "sglang with Q4_K_M",
+        {"engine": "sglang", "model": {"source": "hf://a/b", "quantization": "Q4_K_M"}},
+        "spec.engine",
+        "GGUF quantization",
+    ),
+    (
+        "sglang on cpu",
+        {"engine": "sglang", "hardware": {"accelerator": "cpu"}},
+        "spec.engine",
+        "GPU",
+    ),
+    (
         "cpu with FP8",
         {
             "hardware": {"accelerator": "cpu"},
@@ -450,8 +468,9 @@ def test_parameter_count_property(number: Decimal, suffix: str) -> None:
 
 def test_quantization_families_partition_the_catalogue() -> None:
     unquantized = {"auto", "F32", "F16", "BF16"}
-    assert GGUF_ONLY_QUANTIZATIONS.isdisjoint(VLLM_ONLY_QUANTIZATIONS)
-    assert set(QUANTIZATIONS) == unquantized | GGUF_ONLY_QUANTIZATIONS | VLLM_ONLY_QUANTIZATIONS
+    assert GGUF_ONLY_QUANTIZATIONS.isdisjoint(SAFETENSORS_ONLY_QUANTIZATIONS)
+    every = unquantized | GGUF_ONLY_QUANTIZATIONS | SAFETENSORS_ONLY_QUANTIZATIONS
+    assert set(QUANTIZATIONS) == every
     assert {"Q4_K_M", "IQ2_M", "Q8_0"} <= GGUF_ONLY_QUANTIZATIONS
 
 
@@ -541,6 +560,7 @@ def test_crd_printer_columns() -> None:
         "Engine": ".status.decision.engine",
         "Accelerator": ".status.decision.accelerator",
         "Ready": ".status.readyReplicas",
+        "Desired": ".status.autoscaling.desiredReplicas",
         "Phase": ".status.phase",
         "Endpoint": ".status.endpoint",
         "Age": ".metadata.creationTimestamp",
@@ -607,7 +627,7 @@ def test_cel_quantization_lists_match_the_catalogue() -> None:
         for rule in rules
         for found in re.findall(r"in \[([^\]]*)\]", rule)
     ]
-    assert listed and all(set(names) == VLLM_ONLY_QUANTIZATIONS for names in listed)
+    assert listed and all(set(names) == SAFETENSORS_ONLY_QUANTIZATIONS for names in listed)
     gguf_rules = [rule for rule in rules if "startsWith('Q')" in rule]
     assert gguf_rules and all("startsWith('IQ')" in rule for rule in gguf_rules)
     assert {q for q in QUANTIZATIONS if q.startswith(("Q", "IQ"))} == GGUF_ONLY_QUANTIZATIONS
@@ -627,7 +647,7 @@ def test_status_schema() -> None:
         "reason",
         "message",
     }
-    assert status["decision"]["properties"]["engine"]["enum"] == ["vllm", "llamacpp"]
+    assert status["decision"]["properties"]["engine"]["enum"] == ["vllm", "llamacpp", "sglang"]
     assert status["decision"]["properties"]["accelerator"]["enum"] == ["gpu", "cpu"]
     assert {"replicas", "readyReplicas", "selector", "endpoint", "observedGeneration"} <= set(
         status

@@ -25,10 +25,10 @@ from modeldeploy.artifacts import (
     state_from_status,
 )
 from modeldeploy.config import OperatorConfig
-from modeldeploy.fetch.artifact import ArtifactFile, Resolution
-from modeldeploy.hardware import PlacementRefusal
+from modeldeploy.decision import PlacementRefusal
 from modeldeploy.plan import plan_object
 from modeldeploy.reconcile import ClusterView, reconcile
+from modeldeploy.resolution import ArtifactFile, Resolution
 from modeldeploy.settings import SettingsError, load_settings
 from modeldeploy.sizing import GIB, ModelArchitecture
 from modeldeploy.status import Observed, compute_status

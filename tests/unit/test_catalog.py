@@ -90,8 +90,8 @@ def test_bits_order_follows_quality_ladder() -> None:
 def test_gguf_only_flags_agree_with_the_api() -> None:
     gguf_only = {name for name, info in QUANTIZATIONS.items() if info.is_gguf_only}
     assert gguf_only == set(api.GGUF_ONLY_QUANTIZATIONS)
-    vllm_only = {n for n, i in QUANTIZATIONS.items() if i.formats == {Format.SAFETENSORS}}
-    assert vllm_only == set(api.VLLM_ONLY_QUANTIZATIONS)
+    safetensors_only = {n for n, i in QUANTIZATIONS.items() if i.formats == {Format.SAFETENSORS}}
+    assert safetensors_only == set(api.SAFETENSORS_ONLY_QUANTIZATIONS)
 
 
 def test_file_types_name_catalog_entries() -> None:
@@ -101,9 +101,11 @@ def test_file_types_name_catalog_entries() -> None:
 
 def test_engines_and_accelerators() -> None:
     assert ENGINES_FOR_FORMAT[Format.GGUF] == (Engine.LLAMACPP,)
-    assert ENGINES_FOR_FORMAT[Format.SAFETENSORS] == (Engine.VLLM,)
+    # SGLang serves safetensors too, but only when asked for: auto takes vLLM, the first.
+    assert ENGINES_FOR_FORMAT[Format.SAFETENSORS] == (Engine.VLLM, Engine.SGLANG)
     assert ACCELERATORS_FOR_ENGINE[Engine.LLAMACPP] == (Accelerator.GPU, Accelerator.CPU)
     assert ACCELERATORS_FOR_ENGINE[Engine.VLLM] == (Accelerator.GPU,)
+    assert ACCELERATORS_FOR_ENGINE[Engine.SGLANG] == (Accelerator.GPU,)
 
 
 def test_aliases_and_case() -> None:

@@ -11,20 +11,11 @@ from nodepool import admitted, cpu_node, gpu_node, load_e2e_pool
 
 from modeldeploy.api import parse_spec
 from modeldeploy.config import OperatorConfig
-from modeldeploy.hardware import (
-    Placement,
-    PlacementRefusal,
-    Taint,
-    cpu_millis,
-    group_classes,
-    nominal_memory_at_least,
-    parse_node,
-    parse_quantity,
-    plan_placement,
-    quantity_bytes,
-    tensor_parallel_sizes,
-    tolerates,
-)
+from modeldeploy.decision import Placement, PlacementRefusal
+from modeldeploy.nodes import Taint, group_classes, nominal_memory_at_least, parse_node, tolerates
+from modeldeploy.placement import plan_placement
+from modeldeploy.quantity import cpu_millis, parse_quantity, quantity_bytes
+from modeldeploy.runtimes.base import tensor_parallel_sizes
 from modeldeploy.sizing import ModelArchitecture, read_hf_config
 
 E2E = load_e2e_pool()

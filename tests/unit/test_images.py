@@ -35,6 +35,7 @@ EXPECTED_TAGS = {
     "llamacpp/Dockerfile": CONFIG.llamacpp_image,
     "llamacpp/Dockerfile.cuda": CONFIG.llamacpp_gpu_image,
     "vllm/Dockerfile": CONFIG.vllm_image,
+    "sglang/Dockerfile": CONFIG.sglang_image,
     "operator/Dockerfile": CONFIG.operator_image,
 }
 

@@ -15,8 +15,8 @@ import yaml
 from nodepool import load_e2e_pool
 from recording import RecordingWriter
 
-from modeldeploy.apply import needs_apply
 from modeldeploy.config import OperatorConfig
+from modeldeploy.drift import needs_apply
 from modeldeploy.reconcile import ClusterView, reconcile
 from modeldeploy.settings import SettingsError, load_settings
 from modeldeploy.status import Observed, Refusal, compute_status, transitions
@@ -233,6 +233,23 @@ def test_settings_are_camel_case_validated_and_overridden(tmp_path: Path) -> Non
         load_settings(path, {})
     with pytest.raises(SettingsError, match="resyncSeconds"):
         load_settings(None, {"resyncSeconds": 0})
+
+
+def test_the_model_pods_security_contexts_are_planning_settings(tmp_path: Path) -> None:
+    assert OperatorConfig().pod_security_context["runAsUser"] == 65532
+    assert OperatorConfig().container_security_context["readOnlyRootFilesystem"] is True
+    path = tmp_path / "settings.yaml"
+    path.write_text(
+        "planning:\n"
+        "  podSecurityContext: {runAsNonRoot: true, runAsUser: 1000}\n"
+        "  containerSecurityContext: {allowPrivilegeEscalation: false}\n"
+    )
+    planning = load_settings(path, {}).planning
+    assert planning.pod_security_context == {"runAsNonRoot": True, "runAsUser": 1000}
+    assert planning.container_security_context == {"allowPrivilegeEscalation": False}
+    path.write_text("planning:\n  podSecurityContext: [runAsNonRoot]\n")
+    with pytest.raises(SettingsError, match=r"planning\.pod_security_context"):
+        load_settings(path, {})
 
 
 def example_md() -> dict[str, Any]:

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from nodepool import EXAMPLES, admitted, cpu_node, gpu_node, load_e2e_pool, model_deployment
 
 from modeldeploy.api import SpecError
-from modeldeploy.hardware import PlacementRefusal
+from modeldeploy.decision import PlacementRefusal
 from modeldeploy.plan import plan, plan_object
 
 E2E = load_e2e_pool()
@@ -94,7 +94,7 @@ specs = st.fixed_dictionaries(
         )
     },
     optional={
-        "engine": st.sampled_from(["auto", "vllm", "llamacpp"]),
+        "engine": st.sampled_from(["auto", "vllm", "llamacpp", "sglang"]),
         "hardware": st.fixed_dictionaries(
             {},
             optional={
@@ -132,8 +132,11 @@ def test_plan_decides_or_refuses_clearly(spec: dict[str, Any], nodes: list[dict[
         assert str(error).startswith(error.field_path + ": ")
         return
     decision = result.placement.decision()
-    assert decision["engine"] == ("llamacpp" if decision["format"] == "gguf" else "vllm")
-    if decision["engine"] == "vllm":
+    by_format = "llamacpp" if decision["format"] == "gguf" else "vllm"
+    assert decision["engine"] == (
+        spec["engine"] if spec.get("engine", "auto") != "auto" else by_format
+    )
+    if decision["engine"] in ("vllm", "sglang"):
         assert decision["accelerator"] == "gpu"
         assert decision["tensorParallelSize"] == decision["gpusPerReplica"] >= 1
     if spec.get("engine", "auto") != "auto":

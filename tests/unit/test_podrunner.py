@@ -26,6 +26,7 @@ from e2e.podrunner import (
 )
 
 from modeldeploy.config import OperatorConfig
+from modeldeploy.runtimes import RUNTIMES
 
 SHA = "a" * 64
 
@@ -47,9 +48,9 @@ def test_image_repository_drops_tag_and_digest(image: str, repository: str) -> N
 def test_our_repositories_are_the_operator_configs_images() -> None:
     config = OperatorConfig()
     ours = our_repositories(config)
-    for image in (config.image_for("llamacpp"), config.image_for("llamacpp", gpu=True)):
-        assert image_repository(image) in ours
-    assert image_repository(config.image_for("vllm")) in ours
+    for runtime in RUNTIMES.values():
+        for gpu in (False, True):
+            assert image_repository(runtime.image(config, gpu=gpu)) in ours
     assert image_repository(config.operator_image) in ours
     assert "docker.io/library/busybox" not in ours
 

@@ -13,8 +13,8 @@ from nodepool import load_e2e_pool, model_deployment
 
 from modeldeploy.api import parse_model_deployment
 from modeldeploy.config import OperatorConfig
-from modeldeploy.hardware import plan_placement
-from modeldeploy.render import ANNOTATION_SPEC_HASH, render_objects, spec_hash
+from modeldeploy.placement import plan_placement
+from modeldeploy.render import ANNOTATION_SPEC_HASH, RenderInputs, render_objects, spec_hash
 from modeldeploy.sizing import GIB
 
 E2E = load_e2e_pool()
@@ -45,7 +45,7 @@ VLLM_SPEC: dict[str, Any] = {
 def _render(spec: dict[str, Any], **metadata: Any) -> list[dict[str, Any]]:
     md = parse_model_deployment(model_deployment(copy.deepcopy(spec), **metadata))
     placement = plan_placement(md.spec, E2E, CONFIG)
-    return render_objects(md, placement, CONFIG)
+    return render_objects(RenderInputs(md, placement, CONFIG))
 
 
 def _by_kind(objects: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -121,6 +121,23 @@ def test_restricted_pod_security() -> None:
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert volumes["tmp"] == {"name": "tmp", "emptyDir": {}}
     assert not any("hostPath" in v for v in pod["volumes"])
+
+
+def test_the_security_contexts_are_planning_settings() -> None:
+    pod_context = {"runAsNonRoot": True, "runAsUser": 1000, "seccompProfile": {"type": "Localhost"}}
+    container_context = {"runAsNonRoot": True, "capabilities": {"drop": ["ALL", "NET_RAW"]}}
+    config = OperatorConfig(
+        pod_security_context=pod_context, container_security_context=container_context
+    )
+    md = parse_model_deployment(model_deployment(copy.deepcopy(VLLM_SPEC)))
+    objects = render_objects(RenderInputs(md, plan_placement(md.spec, E2E, config), config))
+    pod = _by_kind(objects)["Deployment"]["spec"]["template"]["spec"]
+    assert pod["securityContext"] == pod_context
+    for container in pod["containers"] + pod["initContainers"]:
+        assert container["securityContext"] == container_context
+    # Copies: the rendered objects never share the config's mappings.
+    assert pod["securityContext"] is not pod_context
+    assert pod["containers"][0]["securityContext"] is not container_context
 
 
 def test_llamacpp_container() -> None:
@@ -280,6 +297,6 @@ def test_rendering_is_deterministic(spec: dict[str, Any]) -> None:
 
 def test_rendering_does_not_depend_on_node_order() -> None:
     md = parse_model_deployment(model_deployment(copy.deepcopy(VLLM_SPEC)))
-    forward = render_objects(md, plan_placement(md.spec, E2E, CONFIG), CONFIG)
-    backward = render_objects(md, plan_placement(md.spec, E2E[::-1], CONFIG), CONFIG)
+    forward = render_objects(RenderInputs(md, plan_placement(md.spec, E2E, CONFIG), CONFIG))
+    backward = render_objects(RenderInputs(md, plan_placement(md.spec, E2E[::-1], CONFIG), CONFIG))
     assert json.dumps(forward) == json.dumps(backward)

@@ -16,8 +16,8 @@ from nodepool import load_e2e_pool, model_deployment
 
 from modeldeploy.api import parse_model_deployment
 from modeldeploy.config import OperatorConfig
-from modeldeploy.hardware import plan_placement
-from modeldeploy.render import render_container
+from modeldeploy.placement import plan_placement
+from modeldeploy.render import RenderInputs, render_container
 from modeldeploy.runtimes import (
     bind_host,
     cpu_threads,
@@ -36,7 +36,7 @@ CONFIG = OperatorConfig()
 
 def _container(spec: dict[str, Any]) -> dict[str, Any]:
     md = parse_model_deployment(model_deployment(copy.deepcopy(spec)))
-    return render_container(md, plan_placement(md.spec, POOL, CONFIG), CONFIG)
+    return render_container(RenderInputs(md, plan_placement(md.spec, POOL, CONFIG), CONFIG))
 
 
 GGUF: dict[str, Any] = {
@@ -331,9 +331,9 @@ vllm:num_requests_waiting_by_reason{reason="x"} 5.0
 
 
 def test_parse_gauges() -> None:
-    assert parse_gauges(LLAMA_METRICS, llamacpp.BUSY_GAUGES) == 5
-    assert parse_gauges(VLLM_METRICS, vllm.BUSY_GAUGES) == 3
-    assert parse_gauges("other 1\n", llamacpp.BUSY_GAUGES) is None
+    assert parse_gauges(LLAMA_METRICS, llamacpp.LOAD_GAUGES.busy) == 5
+    assert parse_gauges(VLLM_METRICS, vllm.LOAD_GAUGES.busy) == 3
+    assert parse_gauges("other 1\n", llamacpp.LOAD_GAUGES.busy) is None
 
 
 def test_exit_status_reports_signals_as_a_shell_does() -> None:

@@ -21,8 +21,8 @@ from nodepool import model_deployment
 from modeldeploy.api import parse_model_deployment
 from modeldeploy.config import OperatorConfig
 from modeldeploy.fetch import FetchRequest, fetch
-from modeldeploy.hardware import plan_placement
-from modeldeploy.render import render_container
+from modeldeploy.placement import plan_placement
+from modeldeploy.render import RenderInputs, render_container
 from modeldeploy.runtimes import flag_value, llamacpp
 from modeldeploy.serve.launcher import LaunchError, engine_binary, plan_launch
 from modeldeploy.serve.local import LocalServeError, prepare
@@ -91,7 +91,7 @@ def _pod_env(
     md = parse_model_deployment(model_deployment({"model": spec}))
     node = GPU_NODE if spec.get("format") == "safetensors" else CPU_NODE
     config = OperatorConfig()
-    container = render_container(md, plan_placement(md.spec, [node], config), config)
+    container = render_container(RenderInputs(md, plan_placement(md.spec, [node], config), config))
     env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
     env.update(
         {"MODELDEPLOY_CACHE_DIR": str(cache), "POD_IP": "10.244.1.7", "PATH": "/nonexistent"}
@@ -281,7 +281,7 @@ def test_local_mode_renders_the_pod_command_for_this_machine(tmp_path: Path, cla
 
 
 def test_local_example_plans_llamacpp_on_a_small_cpu_machine() -> None:
-    from modeldeploy.cli import load_model_deployment
+    from modeldeploy.cli_common import load_model_deployment
 
     example = Path(__file__).resolve().parents[2] / "examples" / "local" / "gemma-270m.yaml"
     md = parse_model_deployment(load_model_deployment(str(example)))

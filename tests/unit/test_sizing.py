@@ -26,6 +26,8 @@ import numpy as np
 import pytest
 
 from modeldeploy.catalog import Engine
+from modeldeploy.fetch.gguf_header import load_hf_config, read_gguf_metadata
+from modeldeploy.runtimes import runtime_for
 from modeldeploy.sizing import (
     FALLBACK_LAYERS,
     GIB,
@@ -35,10 +37,8 @@ from modeldeploy.sizing import (
     fallback_kv_bytes_per_token,
     fallback_layers,
     kv_tokens,
-    load_hf_config,
     overhead_bytes,
     parameters_from_name,
-    read_gguf_metadata,
     read_hf_config,
     weights_bytes,
 )
@@ -122,7 +122,7 @@ def test_kv_cache_matches_hugging_face_blog(
 ) -> None:
     estimate = estimate_memory(
         quantization="BF16",
-        engine=Engine.VLLM,
+        rules=runtime_for(Engine.VLLM).sizing,
         context_length=tokens,
         parallel=1,
         architecture=read_hf_config(config),
@@ -142,14 +142,14 @@ def test_kv_cache_scales_with_parallel_sequences() -> None:
     arch = read_hf_config(QWEN_25_7B)
     one = estimate_memory(
         quantization="Q4_K_M",
-        engine=Engine.LLAMACPP,
+        rules=runtime_for(Engine.LLAMACPP).sizing,
         context_length=8192,
         parallel=1,
         architecture=arch,
     )
     four = estimate_memory(
         quantization="Q4_K_M",
-        engine=Engine.LLAMACPP,
+        rules=runtime_for(Engine.LLAMACPP).sizing,
         context_length=8192,
         parallel=4,
         architecture=arch,
@@ -229,7 +229,7 @@ def test_awq_keeps_embeddings_in_16_bits_when_the_vocabulary_is_known() -> None:
 def test_total_is_weights_plus_kv_plus_overhead() -> None:
     estimate = estimate_memory(
         quantization="Q4_K_M",
-        engine=Engine.LLAMACPP,
+        rules=runtime_for(Engine.LLAMACPP).sizing,
         context_length=4096,
         parallel=4,
         architecture=read_hf_config(QWEN_25_7B),
@@ -245,17 +245,17 @@ def test_total_is_weights_plus_kv_plus_overhead() -> None:
 
 
 def test_overhead_per_engine_and_device() -> None:
-    assert overhead_bytes(Engine.LLAMACPP, 0, 1) == GIB
-    assert overhead_bytes(Engine.VLLM, 0, 1) == 2 * GIB
-    assert overhead_bytes(Engine.VLLM, 0, 4) == 8 * GIB
-    assert overhead_bytes(Engine.VLLM, 100 * GIB, 1) == 2 * GIB + 5 * GIB
+    assert overhead_bytes(runtime_for(Engine.LLAMACPP).sizing, 0, 1) == GIB
+    assert overhead_bytes(runtime_for(Engine.VLLM).sizing, 0, 1) == 2 * GIB
+    assert overhead_bytes(runtime_for(Engine.VLLM).sizing, 0, 4) == 8 * GIB
+    assert overhead_bytes(runtime_for(Engine.VLLM).sizing, 100 * GIB, 1) == 2 * GIB + 5 * GIB
 
 
 def test_tensor_parallel_beyond_kv_heads_replicates_the_cache() -> None:
     arch = read_hf_config(QWEN_25_7B)  # 4 KV heads
     common: dict[str, Any] = {
         "quantization": "BF16",
-        "engine": Engine.VLLM,
+        "rules": runtime_for(Engine.VLLM).sizing,
         "context_length": 4096,
         "parallel": 1,
         "architecture": arch,
@@ -289,7 +289,7 @@ def test_fallback_layers_are_monotonic() -> None:
 def test_estimate_without_architecture_uses_fallback() -> None:
     estimate = estimate_memory(
         quantization="Q4_K_M",
-        engine=Engine.LLAMACPP,
+        rules=runtime_for(Engine.LLAMACPP).sizing,
         context_length=4096,
         parallel=1,
         parameters=7_000_000_000,
@@ -301,7 +301,10 @@ def test_estimate_without_architecture_uses_fallback() -> None:
 def test_estimate_needs_a_parameter_count() -> None:
     with pytest.raises(ValueError, match="parameter count"):
         estimate_memory(
-            quantization="Q4_K_M", engine=Engine.LLAMACPP, context_length=4096, parallel=1
+            quantization="Q4_K_M",
+            rules=runtime_for(Engine.LLAMACPP).sizing,
+            context_length=4096,
+            parallel=1,
         )
 
 
@@ -395,7 +398,7 @@ def test_gguf_file_drives_the_estimate(tmp_path: Path) -> None:
     arch = read_gguf_metadata(path)
     estimate = estimate_memory(
         quantization="F32",
-        engine=Engine.LLAMACPP,
+        rules=runtime_for(Engine.LLAMACPP).sizing,
         context_length=1024,
         parallel=2,
         parameters=7_000_000_000,  # a hint the file overrides
@@ -437,4 +440,4 @@ def test_gguf_per_layer_kv_heads(tmp_path: Path) -> None:
     ],
 )
 def test_kv_tokens(engine: Engine, context: int, parallel: int, tokens: int) -> None:
-    assert kv_tokens(engine, context, parallel) == tokens
+    assert kv_tokens(runtime_for(engine).sizing, context, parallel) == tokens

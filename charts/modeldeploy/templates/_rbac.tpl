@@ -27,7 +27,7 @@ purpose, so that each can be shown to be needed on its own (tests/e2e/test_chart
 - apiGroups: [modeldeploy.io]
   resources: [modeldeployments]
   verbs: [list, watch]
-# ... and patched by Kopf: its finalizer and its modeldeploy.io/ annotations.
+# ... and patched: the operator releases the finalizer earlier versions had Kopf put there.
 - apiGroups: [modeldeploy.io]
   resources: [modeldeployments]
   verbs: [patch]

@@ -1,10 +1,13 @@
 """Model artifacts: resolve a source to exact files, fetch, verify, cache, record provenance.
 
-Modules: ``uri`` (source URIs), ``select`` (files for a quantization), ``sources/`` (one
-per scheme), ``resolve`` (the resolution the operator records), ``gguf_header`` (the
-architecture from range reads), ``download`` and ``transport`` (parallel, resumable,
-verified transfers), ``lock`` and ``cache`` (the shared cache), ``provenance``, ``fetcher``
-(the whole fetch), ``cli`` (``modeldeploy fetch``) and ``podspec`` (the init container).
+Modules: ``uri`` (source URIs), ``envvars`` (the names of credentials and settings),
+``select`` (files for a quantization), ``sources/`` (one per scheme), ``resolve`` (the
+resolution the operator records, a ``modeldeploy.resolution.Resolution``), ``gguf_header``
+(the one GGUF header parser: the architecture from range reads or a local file),
+``download`` and ``transport`` (parallel, resumable, verified transfers), ``layout`` (the
+cache's names), ``lock`` and ``cache`` (the shared cache), ``provenance``, ``fetcher`` (the
+whole fetch) and ``cli`` (``modeldeploy fetch``). The init container that runs it in a
+model pod is rendered by ``modeldeploy.render.fetch_init``.
 
 The names below load on first use, so that ``modeldeploy fetch`` on a warm cache starts
 without importing any client library.
@@ -16,8 +19,8 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "ArtifactFile": "modeldeploy.fetch.artifact",
-    "Resolution": "modeldeploy.fetch.artifact",
+    "ArtifactFile": "modeldeploy.resolution",
+    "Resolution": "modeldeploy.resolution",
     "FetchError": "modeldeploy.fetch.errors",
     "FetchOptions": "modeldeploy.fetch.fetcher",
     "FetchResult": "modeldeploy.fetch.fetcher",
@@ -25,10 +28,6 @@ _EXPORTS = {
     "FetchRequest": "modeldeploy.fetch.request",
     "resolve": "modeldeploy.fetch.resolve",
     "resolve_model": "modeldeploy.fetch.resolve",
-    "fetch_command": "modeldeploy.fetch.podspec",
-    "fetch_env": "modeldeploy.fetch.podspec",
-    "fetch_secret_volume": "modeldeploy.fetch.podspec",
-    "served_path": "modeldeploy.fetch.podspec",
 }
 
 __all__ = [
@@ -39,12 +38,8 @@ __all__ = [
     "FetchResult",
     "Resolution",
     "fetch",
-    "fetch_command",
-    "fetch_env",
-    "fetch_secret_volume",
     "resolve",
     "resolve_model",
-    "served_path",
 ]
 
 

@@ -14,48 +14,27 @@ Layout under the cache root (one volume, possibly shared by every replica)::
 several selections (two quantizations from one repository); each selection has its own
 marker. Files reach the revision directory only by ``rename`` from ``.partial`` after their
 sha256 was checked, and a selection's marker is written after all of its files are there:
-a reader that sees the marker sees whole, verified files.
+a reader that sees the marker sees whole, verified files. The names (``source_key``,
+``model_path``, ...) are in ``layout.py``; this module reads and writes the directories.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-META_DIR = ".modeldeploy"
-PARTIAL_DIR = ".partial"
-LOCK_DIR = ".locks"
-
-
-def source_key(canonical_source: str) -> str:
-    """The cache directory name of a source: 16 hex characters of its sha256."""
-    return hashlib.sha256(canonical_source.encode()).hexdigest()[:16]
-
-
-def revision_dirname(revision: str) -> str:
-    """A revision as a single safe path component (``sha256:ab..`` -> ``sha256_ab..``)."""
-    return re.sub(r"[^A-Za-z0-9._-]", "_", revision)
-
-
-def selection_id(format: str, quantization: str, globs: Sequence[str]) -> str:
-    """A short id of what was asked for from a revision (format, quantization, file globs)."""
-    payload = json.dumps(
-        {"format": format, "quantization": quantization.upper(), "files": sorted(globs)}
-    )
-    return hashlib.sha256(payload.encode()).hexdigest()[:12]
-
-
-def model_path(cache_root: str, canonical_source: str, revision: str, file: str = "") -> str:
-    """Where a published file (or the revision directory) lives: for the engine's arguments."""
-    base = f"{cache_root.rstrip('/')}/{source_key(canonical_source)}/{revision_dirname(revision)}"
-    return f"{base}/{file}" if file else base
+from modeldeploy.fetch.layout import (
+    LOCK_DIR,
+    META_DIR,
+    PARTIAL_DIR,
+    revision_dirname,
+    source_key,
+)
 
 
 @dataclass(frozen=True)

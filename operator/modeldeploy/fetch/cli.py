@@ -2,10 +2,12 @@
 
 Exit status 0 after a verified publish (or a complete cache entry); otherwise the status
 of the FetchError class (3 digest mismatch, 4 missing file or no matching quantization,
-5 credential denied, 6 source changed, 7 transfer failed, 8 lock lost, 2 bad arguments)
+5 credential denied, 6 source changed, 7 transfer failed, 8 lock lost) or 2 for bad input
+(arguments, or a ``-f`` file that is missing, not YAML or not a valid ModelDeployment),
 with one ``modeldeploy fetch: error: ...`` line on stderr. Either way a short JSON result
 goes to ``--termination-log`` (Kubernetes shows at most 4096 bytes of it in the pod's
 status, where the operator reads it). Credentials come only from the environment.
+Exit codes, ``CliError``, the ``-f`` file and logging come from ``modeldeploy.cli_common``.
 """
 
 from __future__ import annotations
@@ -14,11 +16,18 @@ import argparse
 import json
 import logging
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
-from modeldeploy.fetch.credentials import RedactingFilter, redact, secret_values
+from modeldeploy.cli_common import (
+    EXIT_INVALID,
+    EXIT_OK,
+    CliError,
+    fail,
+    parse_model_deployment_file,
+    setup_logging,
+)
+from modeldeploy.fetch.credentials import redact, secret_values
 from modeldeploy.fetch.download import DownloadOptions
 from modeldeploy.fetch.errors import FetchError
 from modeldeploy.fetch.fetcher import FetchOptions, fetch
@@ -26,7 +35,7 @@ from modeldeploy.fetch.provenance import termination_message
 from modeldeploy.fetch.request import FetchRequest
 
 log = logging.getLogger("modeldeploy.fetch")
-_QUIET_LOGGERS = ("httpx", "httpcore", "botocore", "boto3", "urllib3", "huggingface_hub", "google")
+INVALID_INPUT_REASON = "InvalidInput"  # the termination message's reason for a CliError
 
 
 def add_fetch_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -92,21 +101,16 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def _request(args: argparse.Namespace) -> FetchRequest:
+    """The request the arguments describe; a CliError for a bad ``-f`` file or ``--digest``."""
     if args.spec:
-        import yaml
-
-        from modeldeploy.api import parse_model_deployment
-
-        with open(args.spec, encoding="utf-8") as handle:
-            document = yaml.safe_load(handle)
-        base = FetchRequest.from_model(parse_model_deployment(document).spec.model)
+        base = FetchRequest.from_model(parse_model_deployment_file(args.spec).spec.model)
     else:
         base = FetchRequest(source=args.source)
     digests = dict(base.digests)
     for item in args.digests or []:
         name, sep, value = item.partition("=")
         if not sep or len(value) != 64 or any(c not in "0123456789abcdefABCDEF" for c in value):
-            raise FetchError(f"--digest {item!r}: expected FILE=SHA256 (64 hex characters)")
+            raise CliError(f"--digest {item!r}: expected FILE=SHA256 (64 hex characters)")
         digests[name] = value.lower()
     return FetchRequest(
         source=base.source,
@@ -127,18 +131,6 @@ def _write_termination(path: Path | None, payload: dict[str, Any], secrets: list
         log.warning("could not write the termination message to %s: %s", path, error)
 
 
-def setup_logging(secrets: list[str]) -> None:
-    """Log to stderr, one line per event, with every credential value redacted."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    handler.addFilter(RedactingFilter(secrets))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(logging.INFO)
-    for name in _QUIET_LOGGERS:
-        logging.getLogger(name).setLevel(logging.WARNING)
-
-
 def run(args: argparse.Namespace) -> int:
     """Run a parsed ``fetch`` command and return the exit status."""
     secrets = secret_values(os.environ)
@@ -154,15 +146,23 @@ def run(args: argparse.Namespace) -> int:
             lock_heartbeat=max(0.05, min(5.0, args.lock_stale_after / 6)),
         )
         result = fetch(request, args.cache, options=options)
+    except CliError as error:
+        return _fail(args, str(error), INVALID_INPUT_REASON, EXIT_INVALID, secrets)
     except FetchError as error:
-        line = redact(str(error), secrets)
-        print(f"modeldeploy fetch: error: {line}", file=sys.stderr)
-        _write_termination(args.termination_log, {"error": line, "reason": error.reason}, secrets)
-        return error.exit_code
+        return _fail(args, str(error), error.reason, error.exit_code, secrets)
     summary = result.summary()
     _write_termination(args.termination_log, summary, secrets)
     print(redact(json.dumps(summary), secrets))
-    return 0
+    return EXIT_OK
+
+
+def _fail(
+    args: argparse.Namespace, message: str, reason: str, code: int, secrets: list[str]
+) -> int:
+    """One redacted error line on stderr and in the termination log; returns ``code``."""
+    line = redact(message, secrets)
+    _write_termination(args.termination_log, {"error": line, "reason": reason}, secrets)
+    return fail("fetch", line, code)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,8 +2,9 @@
 
 Every source reads its credentials here, from a mapping shaped like ``os.environ`` (the
 init container's env from ``secretKeyRef``; the operator passes a Secret's data the same
-way). ``secret_values`` lists every value that must never be printed, and
-``RedactingFilter`` removes them from log records as a second line of defence.
+way; the variables' names are in ``envvars``). ``secret_values`` lists every value that
+must never be printed, and ``RedactingFilter`` removes them from log records as a second
+line of defence.
 """
 
 from __future__ import annotations
@@ -12,13 +13,13 @@ import logging
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-# Environment variables that carry secrets (values never printed) per scheme.
-HF_TOKEN_VARS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
-AWS_SECRET_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
-OCI_SECRET_VARS = ("OCI_USERNAME", "OCI_PASSWORD")
-HTTPS_TOKEN_VAR = "MODELDEPLOY_BEARER_TOKEN"
-SECRET_VARS = (*HF_TOKEN_VARS, *AWS_SECRET_VARS, *OCI_SECRET_VARS, HTTPS_TOKEN_VAR)
-SECRET_FILE_VARS = ("HF_TOKEN_PATH",)
+from modeldeploy.fetch.envvars import (
+    HF_TOKEN_PATH_VAR,
+    HF_TOKEN_VARS,
+    HTTPS_TOKEN_VAR,
+    SECRET_FILE_VARS,
+    SECRET_VARS,
+)
 
 
 def _read(path: str) -> str | None:
@@ -33,7 +34,7 @@ def hf_token(env: Mapping[str, str]) -> str | None:
     for name in HF_TOKEN_VARS:
         if env.get(name):
             return env[name]
-    path = env.get("HF_TOKEN_PATH")
+    path = env.get(HF_TOKEN_PATH_VAR)
     return _read(path) if path else None
 
 

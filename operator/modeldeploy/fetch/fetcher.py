@@ -18,22 +18,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from modeldeploy.clock import utc_now
 from modeldeploy.fetch.cache import CacheEntry
-from modeldeploy.fetch.download import (
-    DownloadOptions,
-    HttpLocation,
-    Progress,
-    download,
-    part_paths,
-)
+from modeldeploy.fetch.download import DownloadOptions, HttpLocation, download
 from modeldeploy.fetch.errors import DigestMismatchError
+from modeldeploy.fetch.journal import part_paths
 from modeldeploy.fetch.lock import CacheLock
-from modeldeploy.fetch.provenance import VerifiedFile, provenance_record, utc_now
+from modeldeploy.fetch.progress import Progress
+from modeldeploy.fetch.provenance import VerifiedFile, provenance_record
 from modeldeploy.fetch.request import FetchRequest
 
 if TYPE_CHECKING:
-    from modeldeploy.fetch.artifact import ArtifactFile, Resolution
     from modeldeploy.fetch.sources.base import Source
+    from modeldeploy.resolution import ArtifactFile, Resolution
 
 log = logging.getLogger(__name__)
 

@@ -6,28 +6,35 @@ those (kilobytes to a few MiB, fetched in growing ranges) gives the planner the 
 count, KV heads, head size, context length and weight bytes, so the memory estimate is
 right before any large transfer starts.
 
-The GGUF reader here parses a byte prefix (``gguf.GGUFReader`` needs the whole file); it
-maps the metadata to ``sizing.ModelArchitecture`` by the same rules as
-``sizing.read_gguf_metadata`` (a test proves both agree on the same file).
+This is the project's one GGUF header parser. It parses a byte prefix (``gguf.GGUFReader``
+needs the whole file) from any ``RangeReader``: a source's Range requests, or a local file
+(``read_local_gguf_header``, for ``modeldeploy plan --gguf`` and the launcher), within
+``MAX_HEADER`` bytes; ``sizing.gguf_architecture_from`` maps the metadata to a
+``ModelArchitecture`` (a test proves the result agrees with ``gguf.GGUFReader``'s).
+``find_string_field`` finds one string field without a parse, for the launcher's start.
 """
 
 from __future__ import annotations
 
 import json
+import mmap
+import os
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
-from modeldeploy.fetch.artifact import ArtifactFile
 from modeldeploy.fetch.errors import FetchError
+from modeldeploy.resolution import ArtifactFile
 from modeldeploy.sizing import ModelArchitecture, gguf_architecture_from, read_hf_config
 
 RangeReader = Callable[[ArtifactFile, int, int], bytes]
 """Read ``length`` bytes at ``offset`` of a file of the source."""
 
 FIRST_READ = 256 * 1024
-MAX_HEADER = 64 * 1024 * 1024
+MAX_HEADER = 64 * 1024 * 1024  # the most of a file read as its header (GGUF, safetensors, config)
+GGUF_MAGIC = b"GGUF"
 _MAX_KEPT_ARRAY = 4096  # longer arrays (token lists) keep only their length
 
 _SCALARS: dict[int, tuple[str, int]] = {
@@ -131,7 +138,7 @@ def parse_gguf_header(data: bytes) -> GgufHeader:
     import gguf
 
     cursor = _Cursor(data)
-    if cursor.take(4) != b"GGUF":
+    if cursor.take(4) != GGUF_MAGIC:
         raise FetchError("not a GGUF file (bad magic)")
     version = cursor.unpack("<I", 4)
     if version < 2:
@@ -171,6 +178,34 @@ def read_gguf_header(read: RangeReader, file: ArtifactFile) -> GgufHeader:
                     f"{file.name}: the GGUF header is larger than {MAX_HEADER} bytes or truncated"
                 ) from None
             want = min(file.size, MAX_HEADER, max(more.needed, 2 * len(data)))
+
+
+def read_local_gguf_header(path: str | Path) -> GgufHeader:
+    """The header of a GGUF file on this machine, read in the same growing ranges."""
+    path = Path(path)
+    with path.open("rb") as handle:
+        fd = handle.fileno()
+
+        def read(_: ArtifactFile, offset: int, length: int) -> bytes:
+            return os.pread(fd, length, offset)
+
+        return read_gguf_header(read, ArtifactFile(path.name, os.fstat(fd).st_size))
+
+
+def find_string_field(data: bytes | mmap.mmap, key: str, max_length: int = 256) -> str | None:
+    """The value (at most ``max_length`` characters) of the string field ``key``, found by
+    its encoded form within the first ``MAX_HEADER`` bytes of a GGUF file; None if absent.
+
+    A full parse walks every token string of the vocabulary (seconds for a 256k vocabulary
+    in Python); finding one field this way takes milliseconds.
+    """
+    encoded = struct.pack("<Q", len(key)) + key.encode() + struct.pack("<I", _STRING)
+    at = data.find(encoded, 0, min(len(data), MAX_HEADER))
+    if at < 0:
+        return None
+    start = at + len(encoded)
+    (length,) = struct.unpack_from("<Q", data, start)
+    return bytes(data[start + 8 : start + 8 + min(length, max_length)]).decode(errors="replace")
 
 
 def gguf_architecture(header: GgufHeader, total_bytes: int | None = None) -> ModelArchitecture:
@@ -225,3 +260,24 @@ def read_architecture(
 
     counted = safetensors_parameters(read, shards) if shards else None
     return replace(arch, parameters=counted or arch.parameters, weights_bytes=weights)
+
+
+def read_gguf_metadata(path: str | Path, total_bytes: int | None = None) -> ModelArchitecture:
+    """The architecture, quantization and size a local GGUF file's header describes.
+
+    ``total_bytes`` is the weights' size when this is the first part of a split model.
+    Raises OSError when the file cannot be read, ValueError when it is not a readable GGUF.
+    """
+    try:
+        header = read_local_gguf_header(path)
+    except FetchError as error:
+        raise ValueError(f"{path}: {error}") from None
+    return gguf_architecture(header, total_bytes)
+
+
+def load_hf_config(path: str | Path) -> ModelArchitecture:
+    """The architecture a local Hugging Face ``config.json`` file describes."""
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: config.json must hold a JSON object")
+    return read_hf_config(data)

@@ -10,12 +10,11 @@ import json
 import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from modeldeploy.fetch.artifact import Resolution
+    from modeldeploy.resolution import Resolution
 
 TERMINATION_MESSAGE_LIMIT = 4096
 
@@ -26,11 +25,6 @@ def fetcher_version() -> str:
         return version("modeldeploy")
     except PackageNotFoundError:
         return "unknown"
-
-
-def utc_now() -> str:
-    """Now, as an RFC 3339 UTC timestamp."""
-    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from modeldeploy.fetch.cache import selection_id
+from modeldeploy.fetch.layout import selection_id
 from modeldeploy.fetch.uri import SourceURI, parse_source
 
 if TYPE_CHECKING:

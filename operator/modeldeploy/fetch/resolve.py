@@ -14,15 +14,8 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from modeldeploy.fetch.artifact import ArtifactFile, Resolution, derive_revision, pin_mismatches
-from modeldeploy.fetch.download import (
-    DownloadOptions,
-    HttpLocation,
-    RetryableError,
-    is_transient_status,
-    retry_call,
-    status_error,
-)
+from modeldeploy.fetch.download import DownloadOptions, HttpLocation
+from modeldeploy.fetch.envvars import AMBIENT_CREDENTIALS_VAR, settings_from_env
 from modeldeploy.fetch.errors import (
     DigestMismatchError,
     FetchError,
@@ -31,10 +24,17 @@ from modeldeploy.fetch.errors import (
 )
 from modeldeploy.fetch.gguf_header import read_architecture
 from modeldeploy.fetch.request import FetchRequest
+from modeldeploy.fetch.retry import (
+    RetryableError,
+    is_transient_status,
+    retry_call,
+    status_error,
+)
 from modeldeploy.fetch.select import select_files
 from modeldeploy.fetch.sources import open_source
-from modeldeploy.fetch.sources.base import PLAIN_HTTP_HOSTS_VAR, LocalLocation, Source
+from modeldeploy.fetch.sources.base import LocalLocation, Source
 from modeldeploy.fetch.uri import SourceURI
+from modeldeploy.resolution import ArtifactFile, Resolution, derive_revision, pin_mismatches
 
 if TYPE_CHECKING:
     from modeldeploy.api import ModelSource
@@ -148,26 +148,6 @@ def _resolve(
     return resolution
 
 
-# Non-secret settings the operator passes on from its own environment: endpoints, regions.
-SETTINGS_VARS = (
-    "HF_ENDPOINT",
-    "AWS_ENDPOINT_URL",
-    "AWS_ENDPOINT_URL_S3",
-    "AWS_REGION",
-    "AWS_DEFAULT_REGION",
-    "STORAGE_EMULATOR_HOST",
-    "MODELDEPLOY_OCI_PLAIN_HTTP",
-    PLAIN_HTTP_HOSTS_VAR,
-)
-AMBIENT_CREDENTIALS_VAR = "MODELDEPLOY_AMBIENT_CREDENTIALS"
-
-
-def settings_from_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The non-secret source settings (``SETTINGS_VARS``) set in ``env`` (default: ours)."""
-    env = os.environ if env is None else env
-    return {k: v for k, v in env.items() if k in SETTINGS_VARS and v}
-
-
 def resolve_model(
     model: ModelSource,
     *,
@@ -184,7 +164,7 @@ def resolve_model(
     for a user's source: without credentials, access is anonymous.
     """
     if settings is None:
-        settings = settings_from_env()
+        settings = settings_from_env(os.environ)
     env = {**settings, **(credentials or {}), AMBIENT_CREDENTIALS_VAR: "false"}
     return resolve(
         FetchRequest.from_model(model), env=env, read_metadata=read_metadata, options=options

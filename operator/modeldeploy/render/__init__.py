@@ -3,7 +3,7 @@
 This package owns the exact shape of every child object: the model-cache
 PersistentVolumeClaim (when ``cache.enabled``), the Deployment running the engine, and the
 Service in front of it, as plain dicts in that order (apply order). Every child carries
-the labels of DESIGN.md §1 and, when the ModelDeployment's uid is known, a controller
+the labels of docs/architecture.md §1 and, when the ModelDeployment's uid is known, a controller
 ownerReference to it. Pods meet the ``restricted`` Pod Security Standard. The pod
 template's hash is recorded in ``modeldeploy.io/spec-hash`` on the Deployment and the pods.
 
@@ -13,28 +13,27 @@ serialised.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 from modeldeploy.api import GROUP_VERSION, KIND, ModelDeployment
-from modeldeploy.catalog import Accelerator, Engine
+from modeldeploy.catalog import Accelerator
 from modeldeploy.config import OperatorConfig
-from modeldeploy.fetch.artifact import Resolution
-from modeldeploy.fetch.podspec import fetch_init_container
-from modeldeploy.hardware import Placement
+from modeldeploy.decision import Placement
+from modeldeploy.render.fetch_init import fetch_init_container
+from modeldeploy.resolution import Resolution
 from modeldeploy.runtimes import (
-    METRICS_PATH,
     PORT_NAME,
     launcher_command,
     merge_env,
     model_env,
     probes,
+    runtime_for,
     startup_seconds,
 )
-from modeldeploy.runtimes import llamacpp as llamacpp_runtime
-from modeldeploy.runtimes import vllm as vllm_runtime
 from modeldeploy.sizing import GIB
 
 LABEL_NAME = "app.kubernetes.io/name"
@@ -46,13 +45,24 @@ ANNOTATION_SPEC_HASH = "modeldeploy.io/spec-hash"
 MANAGED_BY = "modeldeploy"
 COMPONENT_SERVER = "server"
 COMPONENT_CACHE = "model-cache"
-RUN_AS_USER = 65532  # the "nonroot" user of distroless images; our runtime images use it
 CACHE_VOLUME = "model-cache"
-SHM_BYTES_PER_GPU = 2 * GIB
+
+
+class RenderInputs(NamedTuple):
+    """What every child is rendered from.
+
+    ``resolution`` (the operator's resolution of ``spec.model``) pins the revision the init
+    container fetches and the engine serves, and sizes the cache from the real files.
+    """
+
+    md: ModelDeployment
+    placement: Placement
+    config: OperatorConfig
+    resolution: Resolution | None = None
 
 
 def labels(name: str, component: str, engine: str) -> dict[str, str]:
-    """The labels of every child object (DESIGN.md §1)."""
+    """The labels of every child object (docs/architecture.md §1)."""
     return {
         LABEL_NAME: engine,
         LABEL_INSTANCE: name,
@@ -78,22 +88,14 @@ def spec_hash(template: dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
-def render_objects(
-    md: ModelDeployment,
-    placement: Placement,
-    config: OperatorConfig,
-    resolution: Resolution | None = None,
-) -> list[dict[str, Any]]:
-    """The children of a ModelDeployment: shared cache PVC (if any), Deployment, Service.
-
-    ``resolution`` (the operator's resolution of ``spec.model``) pins the revision the init
-    container fetches and the engine serves, and sizes the cache from the real files.
-    """
+def render_objects(inputs: RenderInputs) -> list[dict[str, Any]]:
+    """The children of a ModelDeployment: shared cache PVC (if any), Deployment, Service."""
+    md = inputs.md
     objects: list[dict[str, Any]] = []
     if shared_cache(md):
-        objects.append(render_cache_claim(md, placement, config, resolution))
-    objects.append(render_deployment(md, placement, config, resolution))
-    objects.append(render_service(md, placement, config))
+        objects.append(render_cache_claim(inputs))
+    objects.append(render_deployment(inputs))
+    objects.append(render_service(inputs))
     return objects
 
 
@@ -134,55 +136,39 @@ def _metadata(md: ModelDeployment, name: str, component: str, engine: str) -> di
     return metadata
 
 
-def cache_size_bytes(
-    md: ModelDeployment,
-    placement: Placement,
-    config: OperatorConfig,
-    resolution: Resolution | None = None,
-) -> int:
+def cache_size_bytes(inputs: RenderInputs) -> int:
     """``cache.size: auto``: the resolved files (else the estimated weights) plus headroom,
     in whole GiB, at least ``min_cache_bytes`` (the reconcile never shrinks a claim)."""
+    placement, config, resolution = inputs.placement, inputs.config, inputs.resolution
     payload = resolution.total_bytes if resolution else placement.memory.weights_bytes
     wanted = max(config.min_cache_bytes, payload * config.cache_headroom)
     return math.ceil(wanted / GIB) * GIB
 
 
-def _cache_size(
-    md: ModelDeployment,
-    placement: Placement,
-    config: OperatorConfig,
-    resolution: Resolution | None,
-) -> str:
+def _cache_size(inputs: RenderInputs) -> str:
+    md = inputs.md
     size = md.spec.cache.size
     if size != "auto":
         return size
-    return f"{cache_size_bytes(md, placement, config, resolution) // GIB}Gi"
+    return f"{cache_size_bytes(inputs) // GIB}Gi"
 
 
-def _claim_spec(
-    md: ModelDeployment,
-    placement: Placement,
-    config: OperatorConfig,
-    resolution: Resolution | None,
-) -> dict[str, Any]:
+def _claim_spec(inputs: RenderInputs) -> dict[str, Any]:
+    md = inputs.md
     cache = md.spec.cache
     spec: dict[str, Any] = {
         "accessModes": [cache.access_mode],
-        "resources": {"requests": {"storage": _cache_size(md, placement, config, resolution)}},
+        "resources": {"requests": {"storage": _cache_size(inputs)}},
     }
     if cache.storage_class_name:
         spec["storageClassName"] = cache.storage_class_name
     return spec
 
 
-def render_cache_claim(
-    md: ModelDeployment,
-    placement: Placement,
-    config: OperatorConfig,
-    resolution: Resolution | None = None,
-) -> dict[str, Any]:
+def render_cache_claim(inputs: RenderInputs) -> dict[str, Any]:
     """The PersistentVolumeClaim the replicas share as model cache."""
-    spec = _claim_spec(md, placement, config, resolution)
+    md, placement = inputs.md, inputs.placement
+    spec = _claim_spec(inputs)
     return {
         "apiVersion": "v1",
         "kind": "PersistentVolumeClaim",
@@ -193,10 +179,9 @@ def render_cache_claim(
     }
 
 
-def render_service(
-    md: ModelDeployment, placement: Placement, config: OperatorConfig
-) -> dict[str, Any]:
+def render_service(inputs: RenderInputs) -> dict[str, Any]:
     """The Service in front of the replicas (``http://NAME.NAMESPACE.svc:PORT/v1``)."""
+    md, placement, config = inputs.md, inputs.placement, inputs.config
     return {
         "apiVersion": "v1",
         "kind": "Service",
@@ -217,15 +202,11 @@ def render_service(
     }
 
 
-def render_container(
-    md: ModelDeployment,
-    placement: Placement,
-    config: OperatorConfig,
-    resolution: Resolution | None = None,
-) -> dict[str, Any]:
+def render_container(inputs: RenderInputs) -> dict[str, Any]:
     """The engine container: launcher command, engine flags, env, port, probes, limits."""
+    md, placement, config, resolution = inputs
     engine = str(placement.engine)
-    runtime = vllm_runtime if placement.engine is Engine.VLLM else llamacpp_runtime
+    runtime = runtime_for(placement.engine)
     user_env = [variable.model_dump() for variable in md.spec.serving.env]
     revision = resolution.revision if resolution else None
     ours = model_env(md, placement, config, revision) + runtime.engine_env()
@@ -234,11 +215,11 @@ def render_container(
         {"name": "tmp", "mountPath": "/tmp"},
         {"name": CACHE_VOLUME, "mountPath": config.cache_mount_path},
     ]
-    if placement.engine is Engine.VLLM:
+    if runtime.shared_memory_bytes(placement.gpus_per_replica) is not None:
         mounts.append({"name": "shm", "mountPath": "/dev/shm"})
     return {
         "name": engine,
-        "image": config.image_for(engine, gpu=placement.accelerator is Accelerator.GPU),
+        "image": runtime.image(config, gpu=placement.accelerator is Accelerator.GPU),
         "imagePullPolicy": config.image_pull_policy,
         "command": launcher_command(engine),
         "args": runtime.engine_args(placement, md.served_name, list(md.spec.serving.args), config),
@@ -246,22 +227,16 @@ def render_container(
         "ports": [{"name": PORT_NAME, "containerPort": config.port, "protocol": "TCP"}],
         "resources": {"requests": dict(placement.requests), "limits": dict(placement.limits)},
         **probes(placement),
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "capabilities": {"drop": ["ALL"]},
-            "readOnlyRootFilesystem": True,
-            "runAsNonRoot": True,
-        },
+        "securityContext": copy.deepcopy(dict(config.container_security_context)),
         "volumeMounts": mounts,
     }
 
 
-def _fetch_init(
-    md: ModelDeployment, config: OperatorConfig, resolution: Resolution | None
-) -> tuple[dict[str, Any], list[Any]]:
-    """The artifact fetcher (DESIGN.md §5) and the volumes it adds: it downloads and
+def _fetch_init(inputs: RenderInputs) -> tuple[dict[str, Any], list[Any]]:
+    """The artifact fetcher (docs/fetch.md) and the volumes it adds: it downloads and
     verifies the model (the resolved revision when known) into the cache volume before the
     engine starts."""
+    md, config, resolution = inputs.md, inputs.config, inputs.resolution
     return fetch_init_container(
         md.spec.model,
         image=config.operator_image,
@@ -270,15 +245,12 @@ def _fetch_init(
         revision=resolution.revision if resolution else md.spec.model.revision,
         settings=dict(config.source_settings),
         image_pull_policy=config.image_pull_policy,
+        security_context=config.container_security_context,
     )
 
 
-def _cache_volume(
-    md: ModelDeployment,
-    placement: Placement,
-    config: OperatorConfig,
-    resolution: Resolution | None,
-) -> dict[str, Any]:
+def _cache_volume(inputs: RenderInputs) -> dict[str, Any]:
+    md, placement = inputs.md, inputs.placement
     if shared_cache(md):
         claim = {"claimName": cache_claim_name(md.name)}
         return {"name": CACHE_VOLUME, "persistentVolumeClaim": claim}
@@ -286,51 +258,36 @@ def _cache_volume(
         # One claim per pod, named POD-model-cache by the ephemeral volume controller.
         template = {
             "metadata": {"labels": labels(md.name, COMPONENT_CACHE, str(placement.engine))},
-            "spec": _claim_spec(md, placement, config, resolution),
+            "spec": _claim_spec(inputs),
         }
         return {"name": CACHE_VOLUME, "ephemeral": {"volumeClaimTemplate": template}}
-    size = cache_size_bytes(md, placement, config, resolution) // GIB
+    size = cache_size_bytes(inputs) // GIB
     return {"name": CACHE_VOLUME, "emptyDir": {"sizeLimit": f"{size}Gi"}}
 
 
-def _volumes(
-    md: ModelDeployment,
-    placement: Placement,
-    config: OperatorConfig,
-    resolution: Resolution | None,
-    fetch_volumes: list[dict[str, Any]],
-) -> list[Any]:
+def _volumes(inputs: RenderInputs, fetch_volumes: list[dict[str, Any]]) -> list[Any]:
+    placement = inputs.placement
     volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {}}]
-    volumes.append(_cache_volume(md, placement, config, resolution))
+    volumes.append(_cache_volume(inputs))
     volumes.extend(fetch_volumes)
-    if placement.engine is Engine.VLLM:
-        # NCCL and vLLM's worker queues use /dev/shm; the default 64 MiB is far too small.
-        shm = SHM_BYTES_PER_GPU * max(1, placement.gpus_per_replica) // GIB
+    shm_bytes = runtime_for(placement.engine).shared_memory_bytes(placement.gpus_per_replica)
+    if shm_bytes is not None:
+        # A memory-backed /dev/shm: the container runtime's default is 64 MiB.
+        shm = shm_bytes // GIB
         volumes.append({"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": f"{shm}Gi"}})
     return volumes
 
 
-def render_pod_template(
-    md: ModelDeployment,
-    placement: Placement,
-    config: OperatorConfig,
-    resolution: Resolution | None = None,
-) -> dict[str, Any]:
+def render_pod_template(inputs: RenderInputs) -> dict[str, Any]:
     """The pod template, without its hash annotation."""
+    md, placement, config = inputs.md, inputs.placement, inputs.config
     engine = str(placement.engine)
     spec: dict[str, Any] = {
         "automountServiceAccountToken": False,
         # Service links would inject e.g. VLLM_PORT=tcp://... for a Service named "vllm".
         "enableServiceLinks": False,
         "terminationGracePeriodSeconds": config.termination_grace_period_seconds,
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": RUN_AS_USER,
-            "runAsGroup": RUN_AS_USER,
-            "fsGroup": RUN_AS_USER,
-            "fsGroupChangePolicy": "OnRootMismatch",
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": copy.deepcopy(dict(config.pod_security_context)),
         "affinity": {"nodeAffinity": placement.node_affinity},
     }
     if placement.node_selector:
@@ -345,31 +302,27 @@ def render_pod_template(
             "labelSelector": {"matchLabels": selector_labels(md.name)},
         }
     ]
-    fetch, fetch_volumes = _fetch_init(md, config, resolution)
+    fetch, fetch_volumes = _fetch_init(inputs)
     spec["initContainers"] = [fetch]
-    spec["containers"] = [render_container(md, placement, config, resolution)]
-    spec["volumes"] = _volumes(md, placement, config, resolution, fetch_volumes)
+    spec["containers"] = [render_container(inputs)]
+    spec["volumes"] = _volumes(inputs, fetch_volumes)
     return {
         "metadata": {
             "labels": labels(md.name, COMPONENT_SERVER, engine),
             "annotations": {
                 "prometheus.io/scrape": "true",
                 "prometheus.io/port": str(config.port),
-                "prometheus.io/path": METRICS_PATH,
+                "prometheus.io/path": runtime_for(placement.engine).metrics_path,
             },
         },
         "spec": spec,
     }
 
 
-def render_deployment(
-    md: ModelDeployment,
-    placement: Placement,
-    config: OperatorConfig,
-    resolution: Resolution | None = None,
-) -> dict[str, Any]:
+def render_deployment(inputs: RenderInputs) -> dict[str, Any]:
     """The Deployment of the engine, with the pod template's hash for rollouts."""
-    template = render_pod_template(md, placement, config, resolution)
+    md, placement = inputs.md, inputs.placement
+    template = render_pod_template(inputs)
     digest = spec_hash(template)
     template["metadata"]["annotations"][ANNOTATION_SPEC_HASH] = digest
     metadata = _metadata(md, md.name, COMPONENT_SERVER, str(placement.engine))

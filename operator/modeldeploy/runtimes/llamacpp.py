@@ -1,10 +1,15 @@
-"""llama.cpp: ``llama-server`` flags and environment from a placement, and its command line.
+"""llama.cpp: the ``Runtime`` of ``llama-server`` (GGUF on CPUs and GPUs).
 
 ``engine_args`` is what the operator renders into the container's args; ``launch_argv`` is
 what the launcher runs once the model file is known. A GGUF without a chat template gets
 one from ``templates/`` by architecture (``chat_template_for``), unless the spec's args or
 environment name one: llama-server would otherwise fall back to ChatML, which a model not
 trained on it answers badly.
+
+Sizing: llama-server allocates ``--ctx-size`` (context x parallel slots) up front, so the
+KV cache counts every slot in full; the overhead is 1 GiB per device (process, compute
+buffers at n_ubatch 512, CUDA context) plus the shared share of the weights
+(docs/sizing.md). On GPUs every layer is offloaded and a few threads feed the GPU.
 """
 
 from __future__ import annotations
@@ -13,14 +18,22 @@ import re
 from collections.abc import Mapping, Sequence
 from importlib.resources import files
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from modeldeploy.config import OperatorConfig
-from modeldeploy.hardware import Placement
-from modeldeploy.runtimes import has_flag
+from modeldeploy.catalog import Engine, QuantizationInfo
+from modeldeploy.runtimes.base import LaunchRequest, LoadGauges, has_flag
+from modeldeploy.sizing import GIB, ModelArchitecture, SizingRules
+
+if TYPE_CHECKING:
+    from modeldeploy.config import OperatorConfig
+    from modeldeploy.decision import Placement
 
 BINARY = "llama-server"
-# Prometheus gauges (--metrics) that count requests in a slot or waiting for one.
-BUSY_GAUGES = ("llamacpp:requests_processing", "llamacpp:requests_deferred")
+# Prometheus gauges (--metrics): requests in a slot, and requests waiting for one. Note
+# requests_processing never exceeds --parallel: the queue is requests_deferred.
+LOAD_GAUGES = LoadGauges(
+    running="llamacpp:requests_processing", waiting="llamacpp:requests_deferred"
+)
 MODEL_FLAGS = ("-m", "--model")
 HOST_FLAGS = ("--host",)
 THREAD_FLAGS = ("-t", "--threads")
@@ -59,11 +72,6 @@ def engine_args(
         "--metrics",
         *user_args,
     ]
-
-
-def engine_env() -> list[dict[str, str]]:
-    """llama.cpp needs nothing beyond the shared variables."""
-    return []
 
 
 def template_path(name: str) -> Path:
@@ -124,3 +132,98 @@ def launch_argv(
     if chat_template is not None:
         argv += ["--jinja", "--chat-template-file", str(chat_template)]
     return argv + list(args)
+
+
+class LlamaCpp:
+    """llama.cpp's ``llama-server``: GGUF on CPUs and NVIDIA GPUs (``runtimes.base.Runtime``)."""
+
+    engine = Engine.LLAMACPP
+    display_name = "llama.cpp"
+    binary = BINARY
+    binary_env = "MODELDEPLOY_LLAMA_SERVER"
+    local_build_glob: str | None = "llama-server-*/bin/llama-server"
+    missing_binary_hint = (
+        "llama-server not found: build it with `make llama-server` "
+        "(runtime-images/llamacpp/build-llama-server.sh) or set MODELDEPLOY_LLAMA_SERVER"
+    )
+    default_port = 8080
+    port_env: str | None = "LLAMA_ARG_PORT"
+    health_path = "/health"
+    metrics_path = "/metrics"
+    load_gauges = LOAD_GAUGES
+    startup_base_seconds = 120
+    sizing = SizingRules(engine="llamacpp", overhead_per_device=1 * GIB, paged_kv_cache=False)
+    serves_single_file = True
+    plans_threads = True
+    offloads_layers = True
+
+    def image(self, config: OperatorConfig, gpu: bool) -> str:
+        """The portable CPU build, or the CUDA build for GPU placements."""
+        return config.llamacpp_gpu_image if gpu else config.llamacpp_image
+
+    def architectures(self, config: OperatorConfig) -> tuple[str, ...]:
+        """The CPU architectures the llama.cpp images are built for."""
+        return config.llamacpp_architectures
+
+    def min_compute_capability(self, info: QuantizationInfo) -> tuple[int, int] | None:
+        """llama.cpp's CUDA build serves every GGUF quantization on any supported GPU."""
+        return None
+
+    def gpu_counts(
+        self, max_gpus: int, architecture: ModelArchitecture | None, explicit: int | None
+    ) -> list[int]:
+        """Any count: llama.cpp splits layers across GPUs (no tensor-parallel constraint)."""
+        return [explicit] if explicit else list(range(1, max_gpus + 1))
+
+    def tensor_parallel_size(self, gpus: int) -> int:
+        """Always 1: llama.cpp splits by layer, not by tensor."""
+        return 1
+
+    def gpu_host_memory_bytes(self, gpus: int, config: OperatorConfig) -> int:
+        """Little: the weights live on the GPU."""
+        return config.llamacpp_gpu_host_memory_bytes
+
+    def gpu_cpu_cores(self, gpus: int, node_cores: int, config: OperatorConfig) -> int:
+        """A few threads feed the GPU."""
+        return min(config.gpu_llamacpp_threads, max(1, node_cores))
+
+    def shared_memory_bytes(self, gpus: int) -> int | None:
+        """llama.cpp is one process: no shared memory."""
+        return None
+
+    def engine_args(
+        self, placement: Placement, served_name: str, user_args: list[str], config: OperatorConfig
+    ) -> list[str]:
+        """Flags for ``llama-server -m <model>``; the user's args come last and win."""
+        return engine_args(placement, served_name, user_args, config)
+
+    def engine_env(self) -> list[dict[str, str]]:
+        """llama.cpp needs nothing beyond the shared variables."""
+        return []
+
+    def model_file(self, names: Sequence[str]) -> str | None:
+        """The GGUF to pass to ``-m`` (shard 1 of a split model)."""
+        return first_shard(names)
+
+    def launch_argv(self, request: LaunchRequest) -> list[str]:
+        """``llama-server -m MODEL --host HOST [--threads N] [chat template] ARGS``."""
+        args, env = request.args, request.env
+        threads = None
+        if not has_flag(args, *THREAD_FLAGS) and not env.get("LLAMA_ARG_THREADS"):
+            threads = request.threads()
+        template = None
+        if not has_flag(args, *TEMPLATE_FLAGS):
+            facts = request.chat_facts()
+            if facts is not None:
+                template = chat_template_for(facts.architecture, facts.has_chat_template, args, env)
+        return launch_argv(
+            request.binary,
+            str(request.model),
+            args,
+            host=request.host,
+            threads=threads,
+            chat_template=template,
+        )
+
+
+RUNTIME = LlamaCpp()

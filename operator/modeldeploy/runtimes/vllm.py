@@ -1,18 +1,37 @@
-"""vLLM: ``vllm serve`` flags and environment from a placement, and its command line."""
+"""vLLM: the ``Runtime`` of ``vllm serve`` (safetensors checkpoints on NVIDIA GPUs).
+
+Sizing: vLLM pages its KV cache (PagedAttention) and allocates blocks as tokens arrive;
+the overhead is 2 GiB per GPU (CUDA context, CUDA graphs, NCCL buffers) plus the shared
+share of the weights (docs/sizing.md). A replica spans a tensor-parallel group: the GPU
+count must divide the attention heads.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from modeldeploy.catalog import vllm_quantization_argument
-from modeldeploy.config import OperatorConfig
-from modeldeploy.hardware import Placement
-from modeldeploy.runtimes import has_flag
+from modeldeploy.catalog import Engine, vllm_quantization_argument
+from modeldeploy.runtimes.base import (
+    LaunchRequest,
+    LoadGauges,
+    TensorParallelGpuRuntime,
+    has_flag,
+)
+from modeldeploy.sizing import GIB, SizingRules
+
+if TYPE_CHECKING:
+    from modeldeploy.config import OperatorConfig
+    from modeldeploy.decision import Placement
 
 BINARY = "vllm"
-# Prometheus gauges (labelled per engine and model) of running and queued requests.
-BUSY_GAUGES = ("vllm:num_requests_running", "vllm:num_requests_waiting")
-
+# Prometheus gauges (labelled per engine and model): running and queued requests, and the
+# share of KV-cache blocks in use (vLLM >= 0.10 names it kv_cache_usage_perc, 0..1).
+LOAD_GAUGES = LoadGauges(
+    running="vllm:num_requests_running",
+    waiting="vllm:num_requests_waiting",
+    kv_cache_usage="vllm:kv_cache_usage_perc",
+)
 # Unquantized checkpoints are served in the dtype the spec names.
 _DTYPES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32"}
 
@@ -36,12 +55,17 @@ def engine_args(
         f"{config.gpu_memory_utilization:g}",
         "--enable-prefix-caching",
     ]
+    return args + quantization_args(placement) + list(user_args)
+
+
+def quantization_args(placement: Placement) -> list[str]:
+    """``--quantization METHOD`` (Marlin kernels where the GPU has them) or ``--dtype``."""
     method = vllm_quantization_argument(placement.quantization, placement.compute_capability)
     if method is not None:
-        args += ["--quantization", method]
-    elif placement.quantization in _DTYPES:
-        args += ["--dtype", _DTYPES[placement.quantization]]
-    return args + list(user_args)
+        return ["--quantization", method]
+    if placement.quantization in _DTYPES:
+        return ["--dtype", _DTYPES[placement.quantization]]
+    return []
 
 
 def engine_env() -> list[dict[str, str]]:
@@ -61,3 +85,41 @@ def launch_argv(binary: str, model_dir: str, args: Sequence[str], *, host: str) 
     if not has_flag(args, "--host"):
         argv += ["--host", host]
     return argv + list(args)
+
+
+class VLLM(TensorParallelGpuRuntime):
+    """vLLM: safetensors (16-bit, AWQ, GPTQ, FP8) on NVIDIA GPUs (``runtimes.base.Runtime``)."""
+
+    engine = Engine.VLLM
+    display_name = "vLLM"
+    binary = BINARY
+    binary_env = "MODELDEPLOY_VLLM"
+    missing_binary_hint = "vllm not found on PATH (install vLLM, or set MODELDEPLOY_VLLM)"
+    default_port = 8000
+    load_gauges = LOAD_GAUGES
+    sizing = SizingRules(engine="vllm", overhead_per_device=2 * GIB, paged_kv_cache=True)
+
+    def image(self, config: OperatorConfig, gpu: bool) -> str:
+        """The vLLM image (CUDA only)."""
+        return config.vllm_image
+
+    def architectures(self, config: OperatorConfig) -> tuple[str, ...]:
+        """The CPU architectures the vLLM image is built for."""
+        return config.vllm_architectures
+
+    def engine_args(
+        self, placement: Placement, served_name: str, user_args: list[str], config: OperatorConfig
+    ) -> list[str]:
+        """Flags for ``vllm serve <model dir>``; the user's args come last and win."""
+        return engine_args(placement, served_name, user_args, config)
+
+    def engine_env(self) -> list[dict[str, str]]:
+        """vLLM environment: offline, no telemetry, caches in /tmp."""
+        return engine_env()
+
+    def launch_argv(self, request: LaunchRequest) -> list[str]:
+        """``vllm serve MODEL_DIR --host HOST ARGS``."""
+        return launch_argv(request.binary, str(request.model), request.args, host=request.host)
+
+
+RUNTIME = VLLM()

@@ -1,6 +1,8 @@
 """Registration of ``modeldeploy serve`` and ``modeldeploy serve-runtime`` on the CLI.
 
-Kept free of heavy imports: the handlers import the serving modules when they run.
+Exit codes, ``CliError``, the ``-f`` file and logging come from ``cli_common``; this module
+imports no other CLI module. Kept free of heavy imports: the handlers import the serving
+modules when they run.
 """
 
 from __future__ import annotations
@@ -13,8 +15,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-EXIT_INVALID = 2
-EXIT_INTERRUPTED = 130
+from modeldeploy.catalog import Engine
+from modeldeploy.cli_common import (
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    CliError,
+    fail,
+    parse_model_deployment_file,
+    setup_logging,
+)
 
 
 def add_serve_parsers(commands: Any) -> None:
@@ -30,7 +39,11 @@ def add_serve_parsers(commands: Any) -> None:
         ),
     )
     serve.add_argument("-f", "--filename", required=True, help="ModelDeployment YAML ('-': stdin)")
-    serve.add_argument("--cache", type=Path, help="model cache (~/.cache/modeldeploy/models)")
+    serve.add_argument(
+        "--cache",
+        type=Path,
+        help="model cache (default: $MODELDEPLOY_CACHE/models, else ~/.cache/modeldeploy/models)",
+    )
     serve.add_argument("--port", type=int, default=8000, help="port to serve on (default 8000)")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     serve.add_argument(
@@ -51,13 +64,12 @@ def add_serve_parsers(commands: Any) -> None:
     runtime.add_argument(
         "--print-argv", action="store_true", help="print the engine command line and exit"
     )
-    runtime.add_argument("engine", choices=("llamacpp", "vllm"))
+    runtime.add_argument("engine", choices=[str(engine) for engine in Engine])
     runtime.add_argument("engine_args", nargs=argparse.REMAINDER, help="-- ENGINE_ARGS")
     runtime.set_defaults(handler=run_serve_runtime)
 
 
 def _logging() -> None:
-    from modeldeploy.fetch.cli import setup_logging
     from modeldeploy.fetch.credentials import secret_values
 
     setup_logging(secret_values(os.environ))
@@ -74,17 +86,15 @@ def run_serve_runtime(args: argparse.Namespace) -> int:
     try:
         if args.print_argv:
             print(shlex.join(plan_launch(args.engine, engine_args, os.environ).argv))
-            return 0
+            return EXIT_OK
         return serve_runtime(args.engine, engine_args)
     except LaunchError as error:
-        print(f"modeldeploy serve-runtime: error: {error}", file=sys.stderr)
-        return EXIT_INVALID
+        return fail("serve-runtime", str(error))
 
 
 def run_serve(args: argparse.Namespace) -> int:
     """``modeldeploy serve``: fetch, plan here, serve until interrupted."""
-    from modeldeploy.api import SpecError, parse_model_deployment
-    from modeldeploy.cli import CliError, load_model_deployment
+    from modeldeploy.api import SpecError
     from modeldeploy.serve.launcher import LaunchError
     from modeldeploy.serve.local import LocalServeError, default_cache, serve_local
 
@@ -93,15 +103,14 @@ def run_serve(args: argparse.Namespace) -> int:
     if args.pvc_root is not None:
         os.environ["MODELDEPLOY_PVC_ROOT"] = str(args.pvc_root.resolve())
     try:
-        md = parse_model_deployment(load_model_deployment(args.filename))
+        md = parse_model_deployment_file(args.filename)
         if not md.name:
             raise CliError(f"{args.filename}: metadata.name is required")
         return serve_local(
             md, cache=(args.cache or default_cache()).resolve(), host=args.host, port=args.port
         )
     except (CliError, SpecError, LocalServeError, LaunchError) as error:
-        print(f"modeldeploy serve: error: {error}", file=sys.stderr)
-        return EXIT_INVALID
+        return fail("serve", str(error))
     except KeyboardInterrupt:  # before the engine started (during the fetch): just stop
         print("modeldeploy serve: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -14,18 +14,17 @@ import shlex
 import shutil
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
-from modeldeploy.runtimes import (
-    POD_IP_ENV,
+from modeldeploy.paths import cache_root
+from modeldeploy.runtimes import POD_IP_ENV, RUNTIMES, Runtime, runtime_for
+from modeldeploy.runtimes.base import (
+    ChatFacts,
+    LaunchRequest,
     bind_host,
     cpu_threads,
     flag_value,
-    has_flag,
     probe_host,
 )
-from modeldeploy.runtimes import llamacpp as llamacpp_runtime
-from modeldeploy.runtimes import vllm as vllm_runtime
 from modeldeploy.serve.model import model_location, read_chat_facts
 from modeldeploy.serve.supervisor import (
     Endpoint,
@@ -36,10 +35,8 @@ from modeldeploy.serve.supervisor import (
 
 log = logging.getLogger(__name__)
 
-ENGINES = ("llamacpp", "vllm")
-DEFAULT_PORTS = {"llamacpp": 8080, "vllm": 8000}  # each engine's own default
+ENGINES = tuple(sorted(RUNTIMES))
 DEFAULT_DRAIN_SECONDS = 50.0
-BINARY_ENV = {"llamacpp": "MODELDEPLOY_LLAMA_SERVER", "vllm": "MODELDEPLOY_VLLM"}
 
 
 class LaunchError(Exception):
@@ -55,82 +52,73 @@ class Launch:
     drain_seconds: float
 
 
-def build_cache_root(env: Mapping[str, str]) -> Path:
-    """Where ``build-llama-server.sh`` caches its builds (``MODELDEPLOY_CACHE``)."""
-    if env.get("MODELDEPLOY_CACHE"):
-        return Path(env["MODELDEPLOY_CACHE"])
-    base = env.get("XDG_CACHE_HOME") or str(Path(env.get("HOME") or Path.home()) / ".cache")
-    return Path(base) / "modeldeploy"
-
-
 def engine_binary(engine: str, env: Mapping[str, str]) -> str:
-    """The engine executable: ``MODELDEPLOY_<ENGINE>``, then PATH, then a cached local build."""
-    explicit = env.get(BINARY_ENV[engine])
+    """The engine executable: its ``MODELDEPLOY_*`` variable, then PATH, then a local build."""
+    runtime = _runtime(engine)
+    explicit = env.get(runtime.binary_env)
     if explicit:
         if not os.access(explicit, os.X_OK):
-            raise LaunchError(f"{BINARY_ENV[engine]}={explicit} is not an executable")
+            raise LaunchError(f"{runtime.binary_env}={explicit} is not an executable")
         return explicit
-    name = llamacpp_runtime.BINARY if engine == "llamacpp" else vllm_runtime.BINARY
-    found = shutil.which(name, path=env.get("PATH"))
+    found = shutil.which(runtime.binary, path=env.get("PATH"))
     if found:
         return found
-    if engine == "llamacpp":
+    if runtime.local_build_glob is not None:
         builds = sorted(
-            build_cache_root(env).glob("llama-server-*/bin/llama-server"),
-            key=lambda p: p.stat().st_mtime,
+            cache_root(env).glob(runtime.local_build_glob), key=lambda p: p.stat().st_mtime
         )
         if builds:
             return str(builds[-1])
-        raise LaunchError(
-            "llama-server not found: build it with `make llama-server` "
-            "(runtime-images/llamacpp/build-llama-server.sh) or set MODELDEPLOY_LLAMA_SERVER"
-        )
-    raise LaunchError("vllm not found on PATH (install vLLM, or set MODELDEPLOY_VLLM)")
+    raise LaunchError(runtime.missing_binary_hint)
+
+
+def _runtime(engine: str) -> Runtime:
+    try:
+        return runtime_for(engine)
+    except ValueError as error:
+        raise LaunchError(str(error)) from None
 
 
 def plan_launch(engine: str, args: Sequence[str], env: Mapping[str, str]) -> Launch:
     """Turn the rendered engine args and the environment into the engine's command line."""
-    if engine not in ENGINES:
-        raise LaunchError(f"unknown engine {engine!r}; use one of {', '.join(ENGINES)}")
+    runtime = _runtime(engine)
     binary = engine_binary(engine, env)
     try:
-        model = model_location(env, engine)
+        model = model_location(env, runtime)
     except Exception as error:  # ModelNotFoundError and unreadable caches alike
         raise LaunchError(str(error)) from None
     host = flag_value(args, "--host") or bind_host(env.get(POD_IP_ENV))
-    port_text = flag_value(args, "--port") or (
-        env.get("LLAMA_ARG_PORT") if engine == "llamacpp" else None
-    )
+    port_text = flag_value(args, "--port")
+    if not port_text and runtime.port_env:
+        port_text = env.get(runtime.port_env)
     try:
-        port = int(port_text) if port_text else DEFAULT_PORTS[engine]
+        port = int(port_text) if port_text else runtime.default_port
     except ValueError:
         raise LaunchError(f"--port {port_text!r} is not a number") from None
     try:
         drain = float(env.get("MODELDEPLOY_DRAIN_SECONDS") or DEFAULT_DRAIN_SECONDS)
     except ValueError:
         raise LaunchError("MODELDEPLOY_DRAIN_SECONDS must be a number of seconds") from None
-    if engine == "llamacpp":
-        threads = None
-        if not has_flag(args, *llamacpp_runtime.THREAD_FLAGS) and not env.get("LLAMA_ARG_THREADS"):
-            threads = cpu_threads(current_cpu_max(), available_cpus())
-        template = None
-        if not has_flag(args, *llamacpp_runtime.TEMPLATE_FLAGS):
-            try:
-                facts = read_chat_facts(model)
-            except (OSError, ValueError) as error:  # llama-server will say more
-                log.warning("could not read %s's header: %s", model, error)
-            else:
-                template = llamacpp_runtime.chat_template_for(
-                    facts.architecture, facts.has_chat_template, args, env
-                )
-        argv = llamacpp_runtime.launch_argv(
-            binary, str(model), args, host=host, threads=threads, chat_template=template
+
+    def chat_facts() -> ChatFacts | None:
+        try:
+            return read_chat_facts(model)
+        except (OSError, ValueError) as error:  # the engine will say more
+            log.warning("could not read %s's header: %s", model, error)
+            return None
+
+    argv = runtime.launch_argv(
+        LaunchRequest(
+            binary=binary,
+            model=model,
+            args=args,
+            env=env,
+            host=host,
+            threads=lambda: cpu_threads(current_cpu_max(), available_cpus()),
+            chat_facts=chat_facts,
         )
-        gauges = llamacpp_runtime.BUSY_GAUGES
-    else:
-        argv = vllm_runtime.launch_argv(binary, str(model), args, host=host)
-        gauges = vllm_runtime.BUSY_GAUGES
-    return Launch(argv, Endpoint(probe_host(host), port, gauges), drain)
+    )
+    return Launch(argv, Endpoint(probe_host(host), port, runtime.load_gauges.busy), drain)
 
 
 def serve_runtime(

@@ -20,14 +20,18 @@ from pathlib import Path
 from typing import Any
 
 from modeldeploy.api import ModelDeployment
+from modeldeploy.catalog import ENGINES_FOR_FORMAT, Format
 from modeldeploy.config import OperatorConfig
-from modeldeploy.hardware import Placement, PlacementRefusal, plan_placement
-from modeldeploy.render import render_container
-from modeldeploy.runtimes import POD_IP_ENV, llamacpp
+from modeldeploy.decision import Placement, PlacementRefusal
+from modeldeploy.fetch.gguf_header import load_hf_config
+from modeldeploy.paths import cache_root
+from modeldeploy.placement import plan_placement
+from modeldeploy.render import RenderInputs, render_container
+from modeldeploy.runtimes import POD_IP_ENV, runtime_for
 from modeldeploy.serve.launcher import Launch, LaunchError, engine_binary, serve_runtime
 from modeldeploy.serve.machine import local_node
 from modeldeploy.serve.model import read_gguf_info
-from modeldeploy.sizing import ModelArchitecture, load_hf_config
+from modeldeploy.sizing import ModelArchitecture
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +55,8 @@ class Prepared:
 
 
 def default_cache() -> Path:
-    """``$XDG_CACHE_HOME/modeldeploy/models`` (``~/.cache/modeldeploy/models``)."""
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "modeldeploy" / "models"
+    """The local model cache: ``models`` in ``paths.cache_root()`` (~/.cache/modeldeploy)."""
+    return cache_root() / "models"
 
 
 def _plan_here(
@@ -107,7 +110,9 @@ def prepare(
         fmt = str(first.format)
     else:
         fmt = "gguf" if any(n.lower().endswith(".gguf") for n in names) else "safetensors"
-    model_path = result.path / llamacpp.first_shard(names) if fmt == "gguf" else result.path
+    runtime = runtime_for(first.engine if first else ENGINES_FOR_FORMAT[Format(fmt)][0])
+    served_file = runtime.model_file(names)
+    model_path = result.path / served_file if served_file else result.path
     placement = _plan_here(md, node, config, _artifact(fmt, model_path))
     assert placement is not None
     engine = str(placement.engine)
@@ -115,7 +120,7 @@ def prepare(
         engine_binary(engine, env)
     except LaunchError as error:
         raise LocalServeError(str(error)) from None
-    container = render_container(md, placement, config)
+    container = render_container(RenderInputs(md, placement, config))
     user_env = {variable.name for variable in md.spec.serving.env}
     run_env = dict(env)
     for variable in container["env"]:

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from modeldeploy.hardware import (
+from modeldeploy.nodes import (
     GPU_RESOURCE,
     LABEL_AMXBF16,
     LABEL_ARCH,

@@ -11,19 +11,22 @@ from __future__ import annotations
 
 import json
 import mmap
-import os
-import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from modeldeploy.fetch.artifact import ArtifactFile
-from modeldeploy.fetch.cache import META_DIR, CacheEntry, source_key
+from modeldeploy.fetch.cache import CacheEntry
 from modeldeploy.fetch.errors import FetchError
-from modeldeploy.fetch.gguf_header import gguf_architecture, read_gguf_header
+from modeldeploy.fetch.gguf_header import (
+    GGUF_MAGIC,
+    find_string_field,
+    gguf_architecture,
+    read_local_gguf_header,
+)
+from modeldeploy.fetch.layout import META_DIR, source_key
 from modeldeploy.fetch.uri import parse_source
-from modeldeploy.runtimes import llamacpp
+from modeldeploy.runtimes.base import ChatFacts, Runtime
 from modeldeploy.sizing import ModelArchitecture
 
 
@@ -38,19 +41,6 @@ class PublishedModel:
     path: Path
     files: tuple[str, ...]
     revision: str
-
-
-# GGUF metadata keys are length-prefixed strings followed by the value's type (8: string).
-_GGUF_STRING = 8
-MAX_GGUF_HEADER = 64 * 1024 * 1024
-
-
-@dataclass(frozen=True)
-class ChatFacts:
-    """What the launcher needs from a GGUF to choose a chat template."""
-
-    architecture: str | None
-    has_chat_template: bool
 
 
 @dataclass(frozen=True)
@@ -115,15 +105,16 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def model_location(env: Mapping[str, str], engine: str) -> Path:
-    """The path to serve: a GGUF file (its first shard) for llama.cpp, a directory for vLLM."""
+def model_location(env: Mapping[str, str], runtime: Runtime) -> Path:
+    """The path to serve: the runtime's model file (a GGUF's first shard), or the directory."""
     explicit = env.get("MODELDEPLOY_MODEL_PATH")
     if explicit:
         path = Path(explicit)
         if not path.exists():
             raise ModelNotFoundError(f"MODELDEPLOY_MODEL_PATH {path} does not exist")
-        if engine == "llamacpp" and path.is_dir():
-            return path / _first_shard([p.name for p in path.iterdir() if p.is_file()], path)
+        if runtime.serves_single_file and path.is_dir():
+            names = [p.name for p in path.iterdir() if p.is_file()]
+            return path / _model_file(runtime, names, path)
         return path
     source = env.get("MODELDEPLOY_MODEL_SOURCE")
     cache = env.get("MODELDEPLOY_CACHE_DIR")
@@ -138,55 +129,40 @@ def model_location(env: Mapping[str, str], engine: str) -> Path:
         format=env.get("MODELDEPLOY_MODEL_FORMAT"),
         quantization=env.get("MODELDEPLOY_QUANTIZATION"),
     )
-    if engine == "llamacpp":
-        return published.path / _first_shard(list(published.files), published.path)
+    if runtime.serves_single_file:
+        return published.path / _model_file(runtime, list(published.files), published.path)
     return published.path
 
 
-def _first_shard(names: list[str], where: Path) -> str:
+def _model_file(runtime: Runtime, names: list[str], where: Path) -> str:
     try:
-        return llamacpp.first_shard(names)
+        chosen = runtime.model_file(names)
     except ValueError as error:
         raise ModelNotFoundError(f"{where}: {error}") from None
-
-
-def _key(name: str) -> bytes:
-    return struct.pack("<Q", len(name)) + name.encode() + struct.pack("<I", _GGUF_STRING)
+    if chosen is None:
+        raise ModelNotFoundError(f"{where}: no model file among {', '.join(sorted(names))}")
+    return chosen
 
 
 def read_chat_facts(path: Path) -> ChatFacts:
     """``general.architecture`` and whether ``tokenizer.chat_template`` is set, found fast.
 
     A full header parse walks every token string of the vocabulary (seconds for a 256k
-    vocabulary in Python); these two string keys are found by their encoded form instead,
-    within the header's bound, which takes milliseconds.
+    vocabulary in Python); ``find_string_field`` finds these two string fields by their
+    encoded form instead, within the header's bound, which takes milliseconds.
     """
     with path.open("rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-        if mm[:4] != b"GGUF":
+        if mm[: len(GGUF_MAGIC)] != GGUF_MAGIC:
             raise ValueError(f"{path} is not a GGUF file")
-        limit = min(len(mm), MAX_GGUF_HEADER)
-        architecture = None
-        key = _key("general.architecture")
-        at = mm.find(key, 0, limit)
-        if at >= 0:
-            start = at + len(key)
-            (length,) = struct.unpack_from("<Q", mm, start)
-            architecture = mm[start + 8 : start + 8 + min(length, 256)].decode(errors="replace")
-        has_template = mm.find(_key("tokenizer.chat_template"), 0, limit) >= 0
+        architecture = find_string_field(mm, "general.architecture")
+        has_template = find_string_field(mm, "tokenizer.chat_template", max_length=0) is not None
     return ChatFacts(architecture, has_template)
 
 
 def read_gguf_info(path: Path) -> GgufInfo:
     """Architecture and chat-template presence from a local GGUF file's header only."""
-    size = path.stat().st_size
-    with path.open("rb") as handle:
-        fd = handle.fileno()
-
-        def read(_: ArtifactFile, offset: int, length: int) -> bytes:
-            return os.pread(fd, length, offset)
-
-        header = read_gguf_header(read, ArtifactFile(path.name, size))
+    header = read_local_gguf_header(path)
     return GgufInfo(
-        architecture=gguf_architecture(header, size),
+        architecture=gguf_architecture(header, path.stat().st_size),
         has_chat_template=bool(header.value("tokenizer.chat_template")),
     )

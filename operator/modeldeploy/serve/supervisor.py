@@ -13,7 +13,6 @@ exits with the engine's status (128 + N for a signal N, as a shell reports it).
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 import os
 import signal
@@ -27,9 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
+from modeldeploy.serve.parent_death import die_with_parent
+
 log = logging.getLogger(__name__)
 
-_PR_SET_PDEATHSIG = 1
 POLL_SECONDS = 0.2
 
 
@@ -87,12 +87,6 @@ def busy_requests(endpoint: Endpoint) -> float | None:
     return parse_gauges(body, endpoint.busy_gauges)
 
 
-def _die_with_parent() -> None:
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-
-
 def exit_status(returncode: int) -> int:
     """A child's return code as a process exit status (signals as 128 + N)."""
     return 128 - returncode if returncode < 0 else returncode
@@ -136,7 +130,8 @@ class Supervisor:
                 self.argv,
                 env=self.env,
                 start_new_session=True,
-                preexec_fn=_die_with_parent,  # noqa: PLW1509 - only prctl, async-signal-safe
+                # Only the prctl call, resolved before the fork (see parent_death).
+                preexec_fn=die_with_parent(signal.SIGKILL),  # noqa: PLW1509
             )
             if on_ready is not None:
                 threading.Thread(target=self._watch_ready, args=(on_ready,), daemon=True).start()

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -14,6 +17,7 @@ from tests.unit.fetch.conftest import HUB_TOKEN, published_files, sha256
 from tests.unit.fetch.payloads import GgufFactory
 from tests.unit.fetch.standins import HubStandin
 
+from modeldeploy.cli import main as modeldeploy_main
 from modeldeploy.fetch.provenance import termination_message
 
 REPO = "acme/Tiny-GGUF"
@@ -163,3 +167,100 @@ def test_the_termination_message_fits_kubernetes_4096_bytes() -> None:
     data = json.loads(text)
     assert data["revision"] == "a" * 40
     assert data["filesOmitted"] == 200 - len(data["files"]) > 0
+
+
+def _deployment(model: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": "modeldeploy.io/v1alpha1",
+        "kind": "ModelDeployment",
+        "metadata": {"name": "tiny"},
+        "spec": {"model": model},
+    }
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    """``fetch`` installs its own stderr handler on the root logger: put pytest's back."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "says"),
+    [
+        ("missing.yaml", None, "missing.yaml: No such file or directory"),
+        (
+            "bad.yaml",
+            "spec: [unclosed\n",
+            "bad.yaml: not valid YAML: line 2, column 1: expected ',' or ']', but got "
+            "'<stream end>' (while parsing a flow sequence)",
+        ),
+        (
+            "two.yaml",
+            yaml.safe_dump_all([_deployment({"source": "hf://a/b"})] * 2),
+            "two.yaml: expected one ModelDeployment, found 2",
+        ),
+        (
+            "scheme.yaml",
+            yaml.safe_dump(_deployment({"source": "ftp://a/b"})),
+            "spec.model.source: 'ftp://a/b' must be a URI with scheme hf://",
+        ),
+        (
+            "unknown.yaml",
+            yaml.safe_dump(_deployment({"source": "hf://a/b", "colour": "red"})),
+            "spec.model.colour: unknown field; allowed: source, ",
+        ),
+        (
+            "nomodel.yaml",
+            yaml.safe_dump({**_deployment({}), "spec": {}}),
+            "spec.model: required field is missing",
+        ),
+    ],
+)
+@pytest.mark.usefixtures("restore_logging")
+def test_a_bad_model_yaml_exits_2_with_one_line_and_no_traceback(
+    name: str, content: str | None, says: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / name
+    if content is not None:
+        path.write_text(content)
+    log = tmp_path / "termination-log"
+    argv = ["fetch", "-f", str(path), "--cache", str(tmp_path / "c"), "--termination-log", str(log)]
+    code = modeldeploy_main(argv)
+    out, err = capsys.readouterr()
+    assert (code, out) == (2, "")
+    assert err.startswith("modeldeploy fetch: error: ") and err.count("\n") == 1, err
+    assert says in err and "Traceback" not in err
+    message = err.strip().removeprefix("modeldeploy fetch: error: ")
+    assert json.loads(log.read_text()) == {"error": message, "reason": "InvalidInput"}
+    assert not (tmp_path / "c").exists()
+
+
+@pytest.mark.usefixtures("restore_logging")
+def test_a_bad_digest_is_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["fetch", "--source", "hf://a/b", "--digest", "x.gguf=abc", "--cache", str(tmp_path)]
+    code = modeldeploy_main(argv)
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err == (
+        "modeldeploy fetch: error: --digest 'x.gguf=abc': expected FILE=SHA256 "
+        "(64 hex characters)\n"
+    )
+
+
+def test_a_bad_model_yaml_as_a_process_prints_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("spec: [unclosed\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "modeldeploy", "fetch", "-f", str(path), "--cache", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+    assert done.stderr.startswith(f"modeldeploy fetch: error: {path}: not valid YAML: line 2")

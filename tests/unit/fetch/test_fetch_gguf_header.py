@@ -3,26 +3,51 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from tests.unit.fetch.payloads import GgufFactory
 from tests.unit.fetch.standins import RangeServer
 
-from modeldeploy.fetch.artifact import ArtifactFile
-from modeldeploy.fetch.gguf_header import gguf_architecture, parse_gguf_header, read_gguf_header
+from modeldeploy.fetch.gguf_header import (
+    gguf_architecture,
+    parse_gguf_header,
+    read_gguf_header,
+    read_gguf_metadata,
+)
 from modeldeploy.fetch.request import FetchRequest
 from modeldeploy.fetch.resolve import resolve
-from modeldeploy.sizing import read_gguf_metadata
+from modeldeploy.resolution import ArtifactFile
+from modeldeploy.sizing import ModelArchitecture, gguf_architecture_from
 
 
-def test_the_prefix_parser_agrees_with_sizing_on_a_whole_file(
+def _reference_architecture(path: Path) -> ModelArchitecture:
+    """The architecture by ``gguf.GGUFReader`` (gguf-py's own reader of the whole file)."""
+    import gguf
+
+    reader = gguf.GGUFReader(str(path))
+
+    def value(key: str) -> Any:
+        field = reader.get_field(key)
+        return None if field is None else field.contents()
+
+    tokens = reader.get_field("tokenizer.ggml.tokens")
+    return gguf_architecture_from(
+        value,
+        [(t.name, int(t.n_elements), int(t.n_bytes)) for t in reader.tensors],
+        lambda: len(tokens.data) if tokens else None,
+    )
+
+
+def test_the_prefix_parser_agrees_with_gguf_readers_on_a_whole_file(
     ggufs: GgufFactory, tmp_path: Path
 ) -> None:
     data = ggufs.model("Q8_0", layers=3, hidden=64)
     path = tmp_path / "m-Q8_0.gguf"
     path.write_bytes(data)
     header = parse_gguf_header(data)
-    assert gguf_architecture(header) == read_gguf_metadata(path)
+    assert gguf_architecture(header) == _reference_architecture(path)
+    assert read_gguf_metadata(path) == _reference_architecture(path)
 
 
 def test_only_the_header_is_transferred(ggufs: GgufFactory, range_server: RangeServer) -> None:

@@ -12,9 +12,9 @@ from tests.unit.fetch.payloads import GgufFactory
 from tests.unit.fetch.standins import RangeServer, wait_until
 
 from modeldeploy.fetch.cache import CacheEntry
-from modeldeploy.fetch.download import journaled_bytes, part_paths
 from modeldeploy.fetch.errors import DigestMismatchError, SourceChangedError, TransientError
 from modeldeploy.fetch.fetcher import FetchOptions, fetch
+from modeldeploy.fetch.journal import journaled_bytes, part_paths
 from modeldeploy.fetch.request import FetchRequest
 from modeldeploy.fetch.resolve import resolve
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from tests.unit.fetch.conftest import sha256
 from tests.unit.fetch.standins import Blob, RangeServer, _Handler, wait_until
 
-from modeldeploy.fetch.download import JOURNAL_SUFFIX, PART_SUFFIX, journaled_bytes
+from modeldeploy.fetch.journal import JOURNAL_SUFFIX, PART_SUFFIX, journaled_bytes
 
 NAME = "killed-Q4_K_M.gguf"
 MIB = 1024 * 1024

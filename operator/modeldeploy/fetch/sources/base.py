@@ -8,9 +8,10 @@ from pathlib import Path
 
 import httpx
 
-from modeldeploy.fetch.artifact import ArtifactFile, Listing
 from modeldeploy.fetch.download import DownloadOptions, HttpLocation
+from modeldeploy.fetch.envvars import PLAIN_HTTP_HOSTS_VAR
 from modeldeploy.fetch.uri import SourceURI
+from modeldeploy.resolution import ArtifactFile, Listing
 
 
 @dataclass(frozen=True)
@@ -21,8 +22,6 @@ class LocalLocation:
 
 
 Location = HttpLocation | LocalLocation
-
-PLAIN_HTTP_HOSTS_VAR = "MODELDEPLOY_PLAIN_HTTP_HOSTS"
 
 
 def plain_http_hosts(env: Mapping[str, str]) -> set[str]:

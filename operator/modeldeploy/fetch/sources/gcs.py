@@ -16,11 +16,13 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import quote
 
-from modeldeploy.fetch.artifact import ArtifactFile, Listing
-from modeldeploy.fetch.download import HttpLocation, RetryableError, retry_call
+from modeldeploy.fetch.download import HttpLocation
+from modeldeploy.fetch.envvars import AMBIENT_CREDENTIALS_VAR
 from modeldeploy.fetch.errors import CredentialError, FetchError, MissingFileError
+from modeldeploy.fetch.retry import RetryableError, retry_call
 from modeldeploy.fetch.sources.base import Location, Source
 from modeldeploy.fetch.uri import SourceURI
+from modeldeploy.resolution import ArtifactFile, Listing
 
 READ_ONLY_SCOPE = "https://www.googleapis.com/auth/devstorage.read_only"
 
@@ -44,7 +46,7 @@ class GcsSource(Source):
             from google.cloud import storage
 
             key_file = self.env.get("GOOGLE_APPLICATION_CREDENTIALS")
-            ambient = self.env.get("MODELDEPLOY_AMBIENT_CREDENTIALS", "true").lower() != "false"
+            ambient = self.env.get(AMBIENT_CREDENTIALS_VAR, "true").lower() != "false"
             options = {"api_endpoint": self._endpoint()} if self.emulator else None
             if self.emulator or (not key_file and not ambient):
                 self._credentials = None

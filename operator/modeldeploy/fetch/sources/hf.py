@@ -18,12 +18,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from modeldeploy.fetch.artifact import ArtifactFile, Listing
 from modeldeploy.fetch.credentials import hf_token
-from modeldeploy.fetch.download import HttpLocation, RetryableError, retry_call
+from modeldeploy.fetch.download import HttpLocation
 from modeldeploy.fetch.errors import CredentialError, FetchError, MissingFileError
+from modeldeploy.fetch.retry import RetryableError, retry_call
 from modeldeploy.fetch.sources.base import Location, Source
 from modeldeploy.fetch.uri import SourceURI
+from modeldeploy.resolution import ArtifactFile, Listing
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 

@@ -21,18 +21,18 @@ from urllib.parse import unquote, urljoin, urlsplit
 
 import httpx
 
-from modeldeploy.fetch.artifact import ArtifactFile, Listing
 from modeldeploy.fetch.credentials import bearer_token
-from modeldeploy.fetch.download import (
-    HttpLocation,
+from modeldeploy.fetch.download import HttpLocation
+from modeldeploy.fetch.errors import FetchError, MissingFileError
+from modeldeploy.fetch.retry import (
     RetryableError,
     is_transient_status,
     retry_call,
     status_error,
 )
-from modeldeploy.fetch.errors import FetchError, MissingFileError
 from modeldeploy.fetch.sources.base import Location, Source, plain_http_hosts
 from modeldeploy.fetch.uri import SourceURI
+from modeldeploy.resolution import ArtifactFile, Listing
 
 _DIGEST = re.compile(r"sha-256=:?([A-Za-z0-9+/=]+):?", re.IGNORECASE)
 

@@ -18,16 +18,17 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from modeldeploy.fetch.artifact import ArtifactFile, Listing
-from modeldeploy.fetch.download import HttpLocation, RetryableError, retry_call
+from modeldeploy.fetch.download import HttpLocation
 from modeldeploy.fetch.errors import (
     CredentialError,
     FetchError,
     MissingFileError,
     SourceChangedError,
 )
+from modeldeploy.fetch.retry import RetryableError, retry_call
 from modeldeploy.fetch.sources.base import Location, Source, plain_http_hosts
 from modeldeploy.fetch.uri import SourceURI
+from modeldeploy.resolution import ArtifactFile, Listing
 
 TITLE = "org.opencontainers.image.title"
 LICENSES = "org.opencontainers.image.licenses"

@@ -14,10 +14,10 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from modeldeploy.fetch.artifact import ArtifactFile, Listing
 from modeldeploy.fetch.errors import MissingFileError
 from modeldeploy.fetch.sources.base import LocalLocation, Location, Source
 from modeldeploy.fetch.uri import SourceURI
+from modeldeploy.resolution import ArtifactFile, Listing
 
 DEFAULT_ROOT = "/mnt/pvc"
 

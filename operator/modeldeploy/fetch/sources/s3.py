@@ -19,11 +19,13 @@ import posixpath
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from modeldeploy.fetch.artifact import ArtifactFile, Listing
-from modeldeploy.fetch.download import HttpLocation, RetryableError, retry_call
+from modeldeploy.fetch.download import HttpLocation
+from modeldeploy.fetch.envvars import AMBIENT_CREDENTIALS_VAR
 from modeldeploy.fetch.errors import CredentialError, FetchError, MissingFileError
+from modeldeploy.fetch.retry import RetryableError, retry_call
 from modeldeploy.fetch.sources.base import Location, Source
 from modeldeploy.fetch.uri import SourceURI
+from modeldeploy.resolution import ArtifactFile, Listing
 
 PRESIGN_SECONDS = 12 * 3600
 _DENIED = {
@@ -60,7 +62,7 @@ class S3Source(Source):
             endpoint = self.env.get("AWS_ENDPOINT_URL_S3") or self.env.get("AWS_ENDPOINT_URL")
             # Without keys and without ambient identity (the operator), go anonymous.
             anonymous = not self.env.get("AWS_ACCESS_KEY_ID") and (
-                self.env.get("MODELDEPLOY_AMBIENT_CREDENTIALS", "true").lower() == "false"
+                self.env.get(AMBIENT_CREDENTIALS_VAR, "true").lower() == "false"
             )
             session = boto3.session.Session(
                 aws_access_key_id=self.env.get("AWS_ACCESS_KEY_ID") or None,

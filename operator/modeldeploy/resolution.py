@@ -1,8 +1,10 @@
-"""The values resolution produces and the fetcher consumes: files, listings, resolutions.
+"""The values of resolution: files, listings, and a source resolved to its exact files.
 
-A ``Resolution`` is what the operator records in ``status.artifact`` and what the init
-container downloads: one immutable revision and the exact files of it, with sizes and the
-sha256 digests the source publishes (Hub LFS, OCI layers, S3 checksums) or the user pinned.
+A ``Resolution`` is what the operator records in ``status.artifact``, what planning sizes
+from and what the init container downloads: one immutable revision and the exact files of
+it, with sizes and the sha256 digests the source publishes (Hub LFS, OCI layers, S3
+checksums) or the user pinned. Pure values: the fetcher (``fetch/``) builds them, the core
+(sizing, planning, rendering, status) reads them without importing any of the fetcher.
 """
 
 from __future__ import annotations

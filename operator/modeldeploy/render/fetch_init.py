@@ -1,35 +1,42 @@
-"""Pure helpers for the operator: the fetch init container, its arguments and credentials env.
+"""The fetch init container of model pods: its arguments, credentials env and volumes.
 
 Credentials reach the init container only through ``secretKeyRef`` (optional keys, so one
-Secret can serve any scheme); they never appear in arguments, annotations or status.
-``fetch_init_container`` assembles the whole container the renderer puts first in the pod.
+Secret can serve any scheme; the keys are ``fetch.envvars.SECRET_KEYS``); they never appear
+in arguments, annotations or status. ``fetch_init_container`` assembles the whole container
+the renderer puts first in the pod: the operator image's ``modeldeploy fetch``.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 from typing import Any
 
 from modeldeploy.api import ModelSource
-from modeldeploy.fetch.cache import model_path
+from modeldeploy.artifacts import INIT_CONTAINER
+from modeldeploy.config import CONTAINER_SECURITY_CONTEXT
+from modeldeploy.fetch.envvars import GCS_KEY_FILE, SECRET_KEYS
+from modeldeploy.fetch.layout import model_path
 from modeldeploy.fetch.uri import parse_source
 
+__all__ = [
+    "GCS_KEY_FILE",
+    "GCS_MOUNT",
+    "INIT_CONTAINER",
+    "PVC_SOURCE_ROOT",
+    "SOURCE_VOLUME",
+    "TERMINATION_LOG",
+    "fetch_command",
+    "fetch_env",
+    "fetch_init_container",
+    "fetch_secret_volume",
+    "served_path",
+]
+
 TERMINATION_LOG = "/dev/termination-log"
-GCS_KEY_FILE = "credentials.json"
 GCS_MOUNT = "/var/run/secrets/modeldeploy/gcs"
-INIT_CONTAINER = "fetch"
 PVC_SOURCE_ROOT = "/mnt/pvc"  # sources.pvc's default MODELDEPLOY_PVC_ROOT
 SOURCE_VOLUME = "model-source"
-
-# Secret keys mapped to env vars for each scheme (the key and the variable share a name).
-SECRET_KEYS: dict[str, tuple[str, ...]] = {
-    "hf": ("HF_TOKEN",),
-    "s3": ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"),
-    "gs": (),
-    "https": ("MODELDEPLOY_BEARER_TOKEN",),
-    "oci": ("OCI_USERNAME", "OCI_PASSWORD"),
-    "pvc": (),
-}
 
 
 def fetch_command(
@@ -109,6 +116,7 @@ def fetch_init_container(
     revision: str | None = None,
     settings: Mapping[str, str] | None = None,
     image_pull_policy: str = "IfNotPresent",
+    security_context: Mapping[str, Any] = CONTAINER_SECURITY_CONTEXT,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The fetch init container for ``model`` and the extra pod volumes it needs.
 
@@ -116,7 +124,8 @@ def fetch_init_container(
     verified, its JSON result in the termination message; credentials only through
     ``secretKeyRef``; ``settings`` are non-secret endpoint variables passed on as values
     (the operator's own HF_ENDPOINT, AWS_ENDPOINT_URL, ...); a pvc:// source's claim is
-    mounted read-only at ``/mnt/pvc/CLAIM``, a gs:// key file from the Secret.
+    mounted read-only at ``/mnt/pvc/CLAIM``, a gs:// key file from the Secret;
+    ``security_context`` is the model pods' container one (``OperatorConfig``).
     """
     argv = fetch_command(model, cache_mount_path, revision=revision)
     mounts: list[dict[str, Any]] = [
@@ -148,12 +157,7 @@ def fetch_init_container(
         },
         "terminationMessagePath": TERMINATION_LOG,
         "terminationMessagePolicy": "FallbackToLogsOnError",
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "capabilities": {"drop": ["ALL"]},
-            "readOnlyRootFilesystem": True,
-            "runAsNonRoot": True,
-        },
+        "securityContext": copy.deepcopy(dict(security_context)),
         "volumeMounts": mounts,
     }
     return container, volumes

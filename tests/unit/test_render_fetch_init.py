@@ -1,19 +1,22 @@
-"""The init container: its command line, credentials, mounts, and the CLI round trip."""
+"""The fetch init container (render/fetch_init.py): its command line, credentials, mounts,
+security context, and the round trip through ``modeldeploy fetch``'s CLI."""
 
 from __future__ import annotations
 
 import argparse
 
 from modeldeploy.api import ModelSource
+from modeldeploy.config import OperatorConfig
 from modeldeploy.fetch.cli import _request, configure_parser
-from modeldeploy.fetch.podspec import (
+from modeldeploy.fetch.envvars import AWS_SECRET_VARS, SECRET_KEYS, SECRET_VARS
+from modeldeploy.fetch.request import FetchRequest
+from modeldeploy.render.fetch_init import (
     fetch_command,
     fetch_env,
     fetch_init_container,
     fetch_secret_volume,
     served_path,
 )
-from modeldeploy.fetch.request import FetchRequest
 
 _SHA = "a" * 64
 MODEL = ModelSource(
@@ -117,3 +120,23 @@ def test_fetch_init_container_mounts_a_pvc_source_read_only() -> None:
     ]
     mount = next(m for m in container["volumeMounts"] if m["name"] == "model-source")
     assert mount == {"name": "model-source", "mountPath": "/mnt/pvc/weights", "readOnly": True}
+
+
+def test_the_secret_keys_are_the_credential_variables_the_fetcher_reads() -> None:
+    # One home for the names: every key the init container maps is a variable the
+    # fetcher treats as a secret (redacted, never printed).
+    assert {key for keys in SECRET_KEYS.values() for key in keys} <= set(SECRET_VARS)
+    assert SECRET_KEYS["s3"] == AWS_SECRET_VARS
+
+
+def test_the_init_container_takes_the_model_pods_security_context() -> None:
+    model = ModelSource.model_validate({"source": "hf://org/repo"})
+    container, _ = fetch_init_container(model, image="i", cache_mount_path="/models")
+    assert container["securityContext"] == OperatorConfig().container_security_context
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    custom = {"runAsNonRoot": True, "capabilities": {"drop": ["ALL"]}}
+    container, _ = fetch_init_container(
+        model, image="i", cache_mount_path="/models", security_context=custom
+    )
+    assert container["securityContext"] == custom
+    assert container["securityContext"] is not custom  # a copy: rendered objects are owned

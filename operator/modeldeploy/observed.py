@@ -1,0 +1,134 @@
+"""What the operator keeps of the objects it watches, and what it reads from them. Pure.
+
+Kopf's watches deliver whole objects; the operator's indexes keep projections of them:
+a ModelDeployment as delivered (a deep copy), a Node's planning facts (the readiness rule:
+readiness and the node lifecycle's condition taints are left out, so a missed heartbeat
+never re-plans), a pod's status facts, and children keyed by the ModelDeployment that
+owns them. This module owns those projections and the other decisions made from watched
+objects alone: which finalizers an earlier operator left on a ModelDeployment that this
+one releases, and whether Kopf peering pauses this operator (its operator-wide resync
+then stays idle, as Kopf's watches do). No Kopf, no API client: plain dicts in and out.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from modeldeploy.render import LABEL_MODEL_DEPLOYMENT
+
+Key = tuple[str, str]  # (namespace, name) of a ModelDeployment
+
+# Taints the node lifecycle controller and kubelet set for passing conditions (NotReady,
+# unreachable, pressure): scheduling and eviction deal with those; placement must not
+# move a workload to another hardware class because a node missed a heartbeat.
+TRANSIENT_TAINT_PREFIX = "node.kubernetes.io/"
+
+# Finalizers earlier operators had Kopf put on every ModelDeployment for the resync timer
+# (the name this operator configured, and Kopf's default). Nothing needs them any more:
+# children are owned and garbage-collected, so deletion needs no operator.
+LEGACY_FINALIZERS = ("modeldeploy.io/finalizer", "kopf.zalando.org/KopfFinalizerMarker")
+
+# Kopf's defaults for a peer entry without these fields (kopf._core.engines.peering.Peer).
+PEER_LIFETIME_S = 60
+PEER_PRIORITY = 0
+
+
+def snapshot(body: Mapping[str, Any]) -> dict[str, Any]:
+    """A deep copy of a watched object, safe to keep after Kopf reuses the body."""
+    return copy.deepcopy(dict(body))
+
+
+def node_facts(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The parts of a Node that planning reads: hardware, deliberate taints, cordon.
+
+    Readiness is left out on purpose (a node that stops reporting keeps its class until it
+    is deleted or relabelled), and so are heartbeats, so they trigger no re-plan.
+    """
+    status = body.get("status") or {}
+    spec = body.get("spec") or {}
+    taints = [
+        copy.deepcopy(t)
+        for t in spec.get("taints") or []
+        if not str(t.get("key", "")).startswith(TRANSIENT_TAINT_PREFIX)
+    ]
+    return {
+        "metadata": {
+            "name": body["metadata"]["name"],
+            "labels": dict(body["metadata"].get("labels") or {}),
+        },
+        "spec": {"taints": taints, "unschedulable": bool(spec.get("unschedulable"))},
+        "status": {
+            "allocatable": dict(status.get("allocatable") or {}),
+            "capacity": dict(status.get("capacity") or {}),
+        },
+    }
+
+
+def pod_facts(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The parts of a pod that status reads: node, phase, IP, conditions, container states."""
+    status = body.get("status") or {}
+    return {
+        "metadata": {"name": body["metadata"]["name"]},
+        "spec": {"nodeName": (body.get("spec") or {}).get("nodeName")},
+        "status": {
+            "phase": status.get("phase"),
+            "podIP": status.get("podIP"),
+            "conditions": copy.deepcopy(status.get("conditions") or []),
+            "containerStatuses": copy.deepcopy(status.get("containerStatuses") or []),
+            "initContainerStatuses": copy.deepcopy(status.get("initContainerStatuses") or []),
+        },
+    }
+
+
+def owner_key(namespace: str | None, labels: Mapping[str, str]) -> Key | None:
+    """The ModelDeployment a child belongs to, by its label; None when it names none."""
+    owner = labels.get(LABEL_MODEL_DEPLOYMENT)
+    return (namespace, owner) if namespace and owner else None
+
+
+def finalizers_to_keep(md: Mapping[str, Any]) -> list[str] | None:
+    """The finalizers to leave on ``md`` once the legacy ones are released; None: none held."""
+    finalizers = list(md.get("metadata", {}).get("finalizers") or [])
+    keep = [f for f in finalizers if f not in LEGACY_FINALIZERS]
+    return keep if len(keep) < len(finalizers) else None
+
+
+def _timestamp(value: Any, now: datetime.datetime) -> datetime.datetime:
+    """A peer's ``lastseen`` (ISO 8601, naive means UTC); a missing one is now, as for Kopf."""
+    if not value:
+        return now
+    try:
+        parsed = datetime.datetime.fromisoformat(str(value))
+    except ValueError:
+        return now  # unreadable: taken as alive, the safe side
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=datetime.UTC)
+
+
+def peering_paused(
+    peerings: Iterable[Mapping[str, Any] | None],
+    identity: str,
+    now: datetime.datetime,
+    priority: int = PEER_PRIORITY,
+) -> bool:
+    """Whether Kopf pauses this operator, by Kopf's rule, from its peering objects.
+
+    Paused when a peering object is missing (``None``: Kopf waits until it exists), or one
+    lists a live peer other than ``identity`` of higher or the same priority (Kopf pauses
+    for a higher one, and pauses everyone when two have the same). A peer is live until
+    ``lastseen + lifetime``.
+    """
+    for peering in peerings:
+        if peering is None:
+            return True
+        for peer, info in (peering.get("status") or {}).items():
+            if peer == identity or not isinstance(info, Mapping):
+                continue
+            lifetime = datetime.timedelta(seconds=int(info.get("lifetime", PEER_LIFETIME_S)))
+            if _timestamp(info.get("lastseen"), now) + lifetime <= now:
+                continue  # dead: Kopf ignores it (and cleans it up)
+            if int(info.get("priority", PEER_PRIORITY)) >= priority:
+                return True
+    return False

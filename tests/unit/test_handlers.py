@@ -1,0 +1,243 @@
+"""The Kopf wiring (``handlers``) with ``RecordingWriter``: no handler needs a finalizer, a
+legacy finalizer is released once, the drift check walks the index and pauses with Kopf
+peering, and a missing permission becomes ``Degraded=Forbidden``.
+
+Plain dicts stand in for Kopf's indexes (the wiring reads them as mappings of lists); the
+e2e tests run the same handlers under Kopf against the real API server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import kopf
+import pytest
+from kubernetes import client
+from prometheus_client import REGISTRY
+from recording import RecordingWriter
+
+from modeldeploy import handlers
+from modeldeploy.handlers import State, reconcile_key, resync_forever
+from modeldeploy.observed import LEGACY_FINALIZERS
+from modeldeploy.settings import OperatorSettings
+from modeldeploy.status import forbidden_status
+
+NS = "models"
+LEGACY = "modeldeploy.io/finalizer"
+
+
+class NoResolver:
+    """Stand-in for ``ArtifactResolver``: nothing resolved (the spec is refused anyway)."""
+
+    def state_for(self, md: Any) -> None:
+        return None
+
+    def forget(self, uid: str) -> None:
+        return None
+
+
+def md(name: str, version: str = "1", **metadata: Any) -> dict[str, Any]:
+    """A ModelDeployment the API server would hold, refused for its empty spec."""
+    meta = {"name": name, "namespace": NS, "uid": f"uid-{name}", "generation": 1}
+    return {
+        "apiVersion": "modeldeploy.io/v1alpha1",
+        "kind": "ModelDeployment",
+        "metadata": meta | {"resourceVersion": version} | metadata,
+        "spec": {},
+    }
+
+
+def indexes(*mds: dict[str, Any]) -> dict[str, dict[Any, list[Any]]]:
+    """The operator's indexes holding ``mds`` and nothing else."""
+    return {
+        "model_deployments": {(NS, m["metadata"]["name"]): [m] for m in mds},
+        "nodes": {},
+        "child_deployments": {},
+        "child_services": {},
+        "child_claims": {},
+        "child_pods": {},
+    }
+
+
+def state(writer: RecordingWriter, resync_seconds: float = 0.01) -> State:
+    """Handler state as start-up leaves it, with the recording writer."""
+    settings = OperatorSettings(resync_seconds=resync_seconds, metrics_port=0, health_port=0)
+    return State(settings, identity="me", writer=writer, resolver=NoResolver())  # type: ignore[arg-type]
+
+
+def rounds(outcome: str) -> float:
+    """Drift-check rounds so far with ``outcome``."""
+    value = REGISTRY.get_sample_value("modeldeploy_resync_rounds_total", {"outcome": outcome})
+    return value or 0.0
+
+
+async def until(probe: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Yield to the loop until ``probe`` holds; fail at the deadline."""
+    deadline = time.monotonic() + timeout
+    while not probe():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.01)
+
+
+def test_no_handler_needs_a_finalizer() -> None:
+    # Timers, daemons and on.create/update/delete make Kopf put a finalizer on every
+    # object (and keep it while no operator runs); watches and indexes do not.
+    registry = kopf.get_default_registry()
+    assert registry._changing.get_all_handlers() == []
+    assert registry._spawning.get_all_handlers() == []
+    watching = registry._watching.get_all_handlers() + registry._indexing.get_all_handlers()
+    assert {h.id for h in watching} >= {"model_deployment_event", "model_deployments"}
+    assert not any(getattr(h, "requires_finalizer", None) for h in watching)
+    assert handlers.KOPF_FINALIZER not in LEGACY_FINALIZERS
+
+
+def test_a_legacy_finalizer_is_released_once_per_version_then_the_pass_runs() -> None:
+    writer = RecordingWriter()
+    st = state(writer)
+    old = md("chat", "5", finalizers=["example.com/backup", LEGACY])
+    asyncio.run(reconcile_key((NS, "chat"), st, indexes(old)))
+    assert writer.calls[0] == ("finalizers", ("chat", ["example.com/backup"], "5"))
+    assert [c[0] for c in writer.calls[1:]] == ["status", "event"]  # refused: InvalidSpec
+
+    # The watch has not delivered our write yet: the same version is not patched again.
+    writer.calls.clear()
+    asyncio.run(reconcile_key((NS, "chat"), st, indexes(old)))
+    assert writer.calls == []
+
+    # A newer version that carries it again (an older operator still running) is.
+    again = md("chat", "9", finalizers=["kopf.zalando.org/KopfFinalizerMarker"])
+    asyncio.run(reconcile_key((NS, "chat"), st, indexes(again)))
+    assert writer.calls == [("finalizers", ("chat", [], "9"))]
+
+
+def test_a_deleting_model_deployment_is_released_and_not_reconciled() -> None:
+    writer = RecordingWriter()
+    deleting = md("gone", "3", finalizers=[LEGACY], deletionTimestamp="2026-01-01T00:00:00Z")
+    asyncio.run(reconcile_key((NS, "gone"), state(writer), indexes(deleting)))
+    assert writer.calls == [("finalizers", ("gone", [], "3"))]
+
+
+def test_without_a_legacy_finalizer_nothing_is_patched() -> None:
+    writer = RecordingWriter()
+    asyncio.run(reconcile_key((NS, "new"), state(writer), indexes(md("new"))))
+    assert "finalizers" not in [c[0] for c in writer.calls]
+    assert writer.calls[0][0] == "status"
+
+
+def test_the_drift_check_reconciles_every_indexed_model_deployment() -> None:
+    writer = RecordingWriter()
+    st = state(writer)
+
+    async def scenario() -> None:
+        ran = rounds("ran")
+        task = asyncio.create_task(resync_forever(st, indexes(md("a"), md("b"))))
+        try:
+            await until(lambda: rounds("ran") >= ran + 3)
+        finally:
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+
+    asyncio.run(scenario())
+    statuses = [c for c in writer.calls if c[0] == "status"]
+    # One status write each: later rounds compute the same status and write nothing.
+    assert len(statuses) == 2
+    assert set(st.phases) == {(NS, "a"), (NS, "b")}
+
+
+def test_the_drift_check_pauses_while_kopf_peering_pauses_the_operator() -> None:
+    writer = RecordingWriter()
+    st = state(writer)
+    now = datetime.datetime.now(datetime.UTC).isoformat()
+    other = {"priority": 100, "lifetime": 600, "lastseen": now}
+    peers: dict[str, Any] = {"me": {"priority": 0, "lifetime": 60, "lastseen": now}}
+    st.read_peerings = lambda: [{"metadata": {"name": "modeldeploy"}, "status": dict(peers)}]
+
+    async def scenario() -> None:
+        task = asyncio.create_task(resync_forever(st, indexes(md("a"))))
+        try:
+            await until(lambda: rounds("ran") > 0 and bool(writer.calls))
+            peers["other"] = other
+            paused = rounds("paused")
+            await until(lambda: rounds("paused") >= paused + 3)
+            writer.calls.clear()
+            st.statuses.clear()  # a pass would write again, were one to run
+            paused = rounds("paused")
+            await until(lambda: rounds("paused") >= paused + 3)
+            assert writer.calls == []
+            del peers["other"]  # the peer went away: rounds run again
+            await until(lambda: bool(writer.calls))
+        finally:
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+
+    asyncio.run(scenario())
+
+
+def test_a_drift_check_that_cannot_read_the_peering_skips_the_round() -> None:
+    writer = RecordingWriter()
+    st = state(writer)
+
+    def refused() -> list[Any]:
+        raise client.ApiException(status=403, reason="Forbidden")
+
+    st.read_peerings = refused
+
+    async def scenario() -> None:
+        paused = rounds("paused")
+        task = asyncio.create_task(resync_forever(st, indexes(md("a"))))
+        try:
+            await until(lambda: rounds("paused") >= paused + 2)
+        finally:
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+
+    asyncio.run(scenario())
+    assert writer.calls == []
+
+
+def test_forbidden_status_keeps_the_rest_and_the_transition_time() -> None:
+    previous = {
+        "phase": "Ready",
+        "observedGeneration": 2,
+        "conditions": [
+            {"type": "Ready", "status": "True", "reason": "Available"},
+            {"type": "Degraded", "status": "False", "lastTransitionTime": "T0"},
+        ],
+    }
+    status = forbidden_status(previous, "cannot patch", generation=3, now="T1")
+    assert status["phase"] == "Ready" and status["observedGeneration"] == 2
+    degraded = status["conditions"][-1]
+    assert degraded == {
+        "type": "Degraded",
+        "status": "True",
+        "observedGeneration": 3,
+        "lastTransitionTime": "T1",
+        "reason": "Forbidden",
+        "message": "cannot patch",
+    }
+    assert status["conditions"][0] == previous["conditions"][0]
+    again = forbidden_status(status, "cannot patch", generation=3, now="T2")
+    assert again["conditions"][-1]["lastTransitionTime"] == "T1"  # still True: kept
+    assert [c["type"] for c in again["conditions"]] == ["Ready", "Degraded"]
+    assert previous["conditions"][1]["status"] == "False"  # the input is not changed
+
+
+def test_a_refused_permission_is_reported_as_degraded_forbidden() -> None:
+    writer = RecordingWriter()
+    error = client.ApiException(status=403, reason="Forbidden")
+    error.body = json.dumps({"message": 'cannot patch resource "deployments"'})
+    with pytest.raises(kopf.TemporaryError, match="lacks a permission"):
+        asyncio.run(handlers._api_error(error, md("chat"), state(writer)))
+    (kind, status), event = writer.calls
+    assert kind == "status" and event == ("event", ("Warning", "Forbidden"))
+    degraded = next(c for c in status["conditions"] if c["type"] == "Degraded")
+    assert (degraded["status"], degraded["reason"]) == ("True", "Forbidden")
+    assert 'cannot patch resource "deployments"' in degraded["message"]
