@@ -163,10 +163,13 @@ class OperatorProcess:
         resync_seconds: float = 1.0,
         env: Mapping[str, str] | None = None,
         peering: str | None = None,
+        *,
+        autoscale_interval_seconds: float = 2.0,
     ) -> None:
         self.kubeconfig = kubeconfig
         self.namespace = namespace
         self.resync_seconds = resync_seconds
+        self.autoscale_interval_seconds = autoscale_interval_seconds
         self.peering = peering  # a KopfPeering of the namespace; None: --standalone
         self.env = dict(env or {})  # added to the operator's environment (HF_ENDPOINT, ...)
         self.metrics_port = free_port()
@@ -181,6 +184,7 @@ class OperatorProcess:
             *(["--peering", self.peering] if self.peering else ["--standalone"]),
             "--namespace", self.namespace,
             "--resync-seconds", str(self.resync_seconds),
+            "--autoscale-interval-seconds", str(self.autoscale_interval_seconds),
             "--metrics-port", str(self.metrics_port),
             "--health-port", str(self.health_port),
             "--bind-address", "127.0.0.1",

@@ -20,8 +20,11 @@ from kubernetes import client
 
 from modeldeploy.api import API_GROUP, API_VERSION, KIND, PLURAL
 from modeldeploy.metrics import API_WRITES
+from modeldeploy.reconcile import KindNotServed
 
 FIELD_MANAGER = "modeldeploy"
+# Custom kinds the operator writes: (group, version, plural).
+_CUSTOM_KINDS = {"ScaledObject": ("keda.sh", "v1alpha1", "scaledobjects")}
 REPORTING_CONTROLLER = "modeldeploy.io/operator"
 log = logging.getLogger(__name__)
 
@@ -39,6 +42,7 @@ class Writer:
         self.custom = client.CustomObjectsApi(api)
         self.core = client.CoreV1Api(api)
         apps = client.AppsV1Api(api)
+        autoscaling = client.AutoscalingV2Api(api)
         # The (patch, delete) methods of the typed client for each child kind.
         self._methods: dict[str, tuple[Callable[..., Any], Callable[..., Any]]] = {
             "Deployment": (apps.patch_namespaced_deployment, apps.delete_namespaced_deployment),
@@ -47,6 +51,11 @@ class Writer:
                 self.core.patch_namespaced_persistent_volume_claim,
                 self.core.delete_namespaced_persistent_volume_claim,
             ),
+            "HorizontalPodAutoscaler": (
+                autoscaling.patch_namespaced_horizontal_pod_autoscaler,
+                autoscaling.delete_namespaced_horizontal_pod_autoscaler,
+            ),
+            "ScaledObject": (self._patch_scaled_object, self._delete_scaled_object),
         }
 
     def _kind(self, kind: str) -> tuple[Callable[..., Any], Callable[..., Any]]:
@@ -59,16 +68,34 @@ class Writer:
         patch, _ = self._kind(obj["kind"])
         meta = obj["metadata"]
         API_WRITES.labels(verb="apply", kind=obj["kind"]).inc()
-        response = patch(
-            meta["name"],
-            meta["namespace"],
-            dict(obj),
-            field_manager=FIELD_MANAGER,
-            force=True,
-            _content_type="application/apply-patch+yaml",
-            _preload_content=False,
-        )
+        try:
+            response = patch(
+                meta["name"],
+                meta["namespace"],
+                dict(obj),
+                field_manager=FIELD_MANAGER,
+                force=True,
+                _content_type="application/apply-patch+yaml",
+                _preload_content=False,
+            )
+        except client.ApiException as error:
+            # A custom kind whose CRD is not installed: the API server has no such path.
+            if error.status == 404 and obj["kind"] in _CUSTOM_KINDS:
+                raise KindNotServed(obj["kind"], obj["apiVersion"]) from None
+            raise
         return _raw_json(response)
+
+    def _patch_scaled_object(self, name: str, namespace: str, body: Any, **kwargs: Any) -> Any:
+        group, version, plural = _CUSTOM_KINDS["ScaledObject"]
+        return self.custom.patch_namespaced_custom_object(
+            group, version, namespace, plural, name, body, **kwargs
+        )
+
+    def _delete_scaled_object(self, name: str, namespace: str, **kwargs: Any) -> Any:
+        group, version, plural = _CUSTOM_KINDS["ScaledObject"]
+        return self.custom.delete_namespaced_custom_object(
+            group, version, namespace, plural, name, **kwargs
+        )
 
     def delete(self, kind: str, namespace: str, name: str, uid: str | None = None) -> None:
         """Delete a child the operator no longer renders (only the exact object seen)."""

@@ -125,6 +125,7 @@ class Decision:
     ready_pods: int
     scraped_pods: int
     window: tuple[Recommendation, ...]  # recommendations to keep for the next call
+    kv_cache_usage: float | None = None  # mean over the scraped pods that publish it
 
 
 def decide(
@@ -148,6 +149,7 @@ def decide(
     running = sum(load.running for load in loads)
     waiting = sum(load.waiting for load in loads)
     total = running + waiting
+    usages = [load.kv_cache_usage for load in loads if load.kv_cache_usage is not None]
 
     delay = policy.scale_down_delay_seconds
     kept = [r for r in window if now - delay <= r.at <= now]
@@ -204,6 +206,7 @@ def decide(
         ready_pods=len(ready),
         scraped_pods=len(loads),
         window=_record(kept, Recommendation(now, recorded)),
+        kv_cache_usage=sum(usages) / len(usages) if usages else None,
     )
 
 

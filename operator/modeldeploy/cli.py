@@ -292,6 +292,9 @@ def _add_run(commands: Any) -> None:
         "-n", "--namespace", action="append", dest="namespaces", help="serve only these"
     )
     run.add_argument("--resync-seconds", type=float, help="period of the drift check")
+    run.add_argument(
+        "--autoscale-interval-seconds", type=float, help="period of the native autoscaler"
+    )
     peering = run.add_mutually_exclusive_group()
     peering.add_argument("--peering", help="Kopf peering name (one active replica)")
     peering.add_argument("--standalone", action="store_true", help="no peering (default)")
@@ -316,6 +319,7 @@ def run_operator_command(args: argparse.Namespace) -> int:
     overrides = {
         "namespaces": args.namespaces,
         "resyncSeconds": args.resync_seconds,
+        "autoscaleIntervalSeconds": args.autoscale_interval_seconds,
         "metricsPort": args.metrics_port,
         "healthPort": args.health_port,
         "bindAddress": args.bind_address,

@@ -36,6 +36,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
 
+import httpx
 import kopf
 from kubernetes import client
 from kubernetes import config as kube_config
@@ -44,6 +45,7 @@ from prometheus_client import start_http_server
 from modeldeploy import __version__
 from modeldeploy.api import API_GROUP, API_VERSION, PLURAL
 from modeldeploy.apply import Writer
+from modeldeploy.autoscaler import Autoscaler, target_of
 from modeldeploy.clock import utc_now
 from modeldeploy.metrics import (
     LAST_ERROR,
@@ -89,6 +91,8 @@ class State:
     resolver: ArtifactResolver | None = None
     read_peerings: PeeringReader | None = None  # None: standalone
     resync: asyncio.Task[None] | None = None
+    autoscaler: Autoscaler | None = None
+    autoscale: asyncio.Task[None] | None = None
     locks: dict[Key, asyncio.Lock] = field(default_factory=dict)
     pending: set[Key] = field(default_factory=set)
     phases: dict[Key, str] = field(default_factory=dict)
@@ -142,6 +146,13 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: An
         start_http_server(state.settings.metrics_port, addr=state.settings.bind_address)
     # The indexes handed to start-up handlers are the live ones (empty until listed).
     state.resync = asyncio.create_task(resync_forever(state, _indexes(kwargs)), name="resync")
+    settings_ = state.settings
+    state.autoscaler = Autoscaler(
+        settings_.planning, settings_.scrape_timeout_seconds, settings_.max_scale_up_step
+    )
+    state.autoscale = asyncio.create_task(
+        autoscale_forever(state, _indexes(kwargs)), name="autoscale"
+    )
     log.info(
         "modeldeploy operator starting: namespaces=%s resync=%ss peering=%s",
         state.settings.namespaces or "all",
@@ -152,13 +163,15 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: An
 
 @kopf.on.cleanup()
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
-    """Stop the drift check."""
+    """Stop the drift check and the autoscaler."""
     state: State = memo.state
-    task, state.resync = state.resync, None
-    if task is not None:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    tasks = [state.resync, state.autoscale]
+    state.resync = state.autoscale = None
+    for task in tasks:
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
 
 def _secret_reader(core: client.CoreV1Api) -> Any:
@@ -366,7 +379,11 @@ def _pass(md: Mapping[str, Any], view: ClusterView, state: State) -> Any:
     """Resolve the artifact (cached per spec.model), then reconcile. Runs in a thread."""
     assert state.writer is not None and state.resolver is not None
     artifact = state.resolver.state_for(md)
-    return reconcile(md, view, state.writer, state.settings.planning, artifact=artifact)
+    uid = str(md["metadata"].get("uid", ""))
+    scaling = state.autoscaler.record_for(uid) if state.autoscaler is not None else None
+    return reconcile(
+        md, view, state.writer, state.settings.planning, artifact=artifact, scaling=scaling
+    )
 
 
 def _release_finalizers(md: Mapping[str, Any], keep: list[str], state: State) -> None:
@@ -411,6 +428,36 @@ async def _resync_round(state: State, indexes: Mapping[str, kopf.Index[Any, Any]
             log.warning("drift check of %s/%s: %s", *key, outcome)
         elif isinstance(outcome, Exception):
             log.error("drift check of %s/%s failed", *key, exc_info=outcome)
+
+
+async def autoscale_forever(state: State, indexes: Mapping[str, kopf.Index[Any, Any]]) -> None:
+    """The operator-native autoscaler: every ``autoscaleIntervalSeconds``, scrape and decide
+    for every native-mode ModelDeployment, then a pass for each whose count or load moved.
+
+    Its own task, so a slow pod never delays a reconcile pass; paused with the drift check.
+    """
+    async with httpx.AsyncClient(trust_env=False) as http:
+        while True:
+            await asyncio.sleep(state.settings.autoscale_interval_seconds)
+            try:
+                if state.autoscaler is None or await _paused(state):
+                    continue
+                targets = []
+                for key, found in list(indexes["model_deployments"].items()):
+                    body = next(iter(found), None)
+                    if body is None:
+                        continue
+                    uid = str(body["metadata"].get("uid", ""))
+                    if uid in state.statuses:
+                        body = {**body, "status": state.statuses[uid]}
+                    view = _view(key, indexes)
+                    target = target_of(key, body, view.pods, view.children)
+                    if target is not None:
+                        targets.append(target)
+                for key in await state.autoscaler.round(http, targets):
+                    await reconcile_key(key, state, indexes)
+            except Exception:  # the task must outlive any one round
+                log.exception("an autoscaling round failed")
 
 
 async def _paused(state: State) -> bool:
@@ -483,6 +530,8 @@ async def model_deployment_event(
         state.released.pop(meta.get("uid", ""), None)
         if state.resolver is not None:
             state.resolver.forget(meta.get("uid", ""))
+        if state.autoscaler is not None:
+            state.autoscaler.forget(meta.get("uid", ""))
         state.phases.pop(key, None)
         state.locks.pop(key, None)
         state.seen.discard(key)

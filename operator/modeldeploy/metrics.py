@@ -38,6 +38,27 @@ RESYNCS = Counter(
     ["outcome"],
 )
 
+AUTOSCALE_CHANGES = Counter(
+    "modeldeploy_autoscale_changes",
+    "Replica changes the operator-native autoscaler decided, by direction (up, down).",
+    ["direction"],
+)
+AUTOSCALE_DESIRED = Gauge(
+    "modeldeploy_autoscale_desired_replicas",
+    "Replicas the operator-native autoscaler decided, per ModelDeployment.",
+    ["namespace", "name"],
+)
+AUTOSCALE_LOAD = Gauge(
+    "modeldeploy_autoscale_load_requests",
+    "Requests in flight (running + waiting) over a ModelDeployment's scraped Ready pods.",
+    ["namespace", "name"],
+)
+AUTOSCALE_SCRAPES = Counter(
+    "modeldeploy_autoscale_scrapes",
+    "Scrapes of model pods' metrics by the autoscaler, by result (ok, failed).",
+    ["result"],
+)
+
 
 def set_phase_counts(phases: Iterable[str]) -> None:
     """Publish how many ModelDeployments are in each phase."""

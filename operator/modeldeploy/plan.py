@@ -1,9 +1,9 @@
 """Planning end to end: a ModelDeployment and the cluster's nodes -> decision and objects.
 
 This module owns the glue the operator's reconcile and ``modeldeploy plan`` share: validate
-the object (``api``), place it (``hardware``), render its children (``render``). Pure. A spec
-that cannot be accepted raises ``api.SpecError``; one that no node can serve raises
-``hardware.PlacementRefusal``; both name the field and say what is allowed or needed.
+the object (``api``), place it (``placement``), render its children (``render``). Pure. A
+spec that cannot be accepted raises ``api.SpecError``; one that no node can serve raises
+``decision.PlacementRefusal``; both name the field and say what is allowed or needed.
 """
 
 from __future__ import annotations
@@ -42,11 +42,14 @@ def plan(
     config: OperatorConfig | None = None,
     artifact: ModelArchitecture | None = None,
     resolution: Resolution | None = None,
+    *,
+    replicas: int | None = None,
 ) -> Plan:
     """Place a validated ModelDeployment on the nodes and render its children.
 
     ``resolution`` is the operator's resolution of ``spec.model``: sizing reads its
     architecture (unless ``artifact`` is given), the init container fetches its revision.
+    ``replicas`` is the operator-native autoscaler's count (``render.RenderInputs``).
     """
     config = config or OperatorConfig()
     if not md.name:
@@ -54,7 +57,8 @@ def plan(
     if artifact is None and resolution is not None:
         artifact = resolution.architecture
     placement = plan_placement(md.spec, nodes, config, artifact)
-    return Plan(md, placement, render_objects(RenderInputs(md, placement, config, resolution)))
+    inputs = RenderInputs(md, placement, config, resolution, replicas)
+    return Plan(md, placement, render_objects(inputs))
 
 
 def plan_object(

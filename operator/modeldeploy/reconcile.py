@@ -18,19 +18,37 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from modeldeploy.api import SpecError
+from modeldeploy.api import ModelDeployment, SpecError, parse_model_deployment
 from modeldeploy.artifacts import ArtifactState
 from modeldeploy.clock import utc_now
 from modeldeploy.config import OperatorConfig
 from modeldeploy.decision import PlacementRefusal
 from modeldeploy.drift import needs_apply
-from modeldeploy.plan import plan_object
+from modeldeploy.plan import plan
 from modeldeploy.quantity import quantity_bytes
-from modeldeploy.render import LABEL_MODEL_DEPLOYMENT
-from modeldeploy.status import Observed, Refusal, compute_status, transitions
+from modeldeploy.render import LABEL_MODEL_DEPLOYMENT, spec_hash
+from modeldeploy.scaling import (
+    DELEGATED_KINDS,
+    ScalingRecord,
+    autoscaling_status,
+    condition_message,
+    deployment_replicas,
+    initial_record,
+    scale_event,
+)
+from modeldeploy.status import Observed, Refusal, ScalingView, compute_status, transitions
 
 log = logging.getLogger(__name__)
 SIZE_HINT = "spec.model.parameters"  # the field a refusal names when only the artifact can size
+
+
+class KindNotServed(Exception):  # noqa: N818 - a fact about the cluster, not a bug
+    """The API server does not serve a kind the pass would apply (its CRD is absent)."""
+
+    def __init__(self, kind: str, api_version: str) -> None:
+        super().__init__(f"the cluster does not serve {kind} ({api_version})")
+        self.kind = kind
+        self.api_version = api_version
 
 
 class Writer(Protocol):
@@ -105,12 +123,15 @@ def reconcile(
     *,
     now: str | None = None,
     artifact: ArtifactState | None = None,
+    scaling: ScalingRecord | None = None,
 ) -> PassResult:
     """Bring one ModelDeployment's children and status in line with its spec.
 
     ``artifact`` is the resolution of ``spec.model`` (``resolver.ArtifactResolver``): a
     refusal of the source refuses the object; without a resolution, planning uses the
-    spec's hints and the init container resolves for itself.
+    spec's hints and the init container resolves for itself. ``scaling`` is the
+    operator-native autoscaler's record (``autoscaler.Autoscaler``); before its first
+    decision the count starts from status, the Deployment or the spec (``scaling``).
     """
     meta = md["metadata"]
     name, namespace, uid = meta["name"], meta["namespace"], meta.get("uid", "")
@@ -120,6 +141,8 @@ def reconcile(
 
     outcome: Refusal | dict[str, Any]
     desired: list[dict[str, Any]] = []
+    parsed: ModelDeployment | None = None
+    record: ScalingRecord | None = None
     resolution = artifact.resolution if artifact is not None else None
     if artifact is not None and artifact.refused:
         # The source serves other bytes than pinned, or none that match: refuse, and keep
@@ -128,7 +151,10 @@ def reconcile(
         result.result = "refused"
     else:
         try:
-            planned = plan_object(md, view.nodes, config, resolution=resolution)
+            parsed = parse_model_deployment(md)
+            record = _native_record(parsed, scaling, previous, view.children)
+            replicas = record.desired if record is not None else None
+            planned = plan(parsed, view.nodes, config, resolution=resolution, replicas=replicas)
         except SpecError as error:
             outcome = Refusal("InvalidSpec", str(error))
             result.result = "invalid"
@@ -146,14 +172,21 @@ def reconcile(
             desired = planned.objects
 
     live = {_key(obj): obj for obj in view.children}
+    not_served: KindNotServed | None = None
     stored: dict[tuple[str, str], Mapping[str, Any]] = dict(live)
     for rendered in desired:
         key = _key(rendered)
         obj = rendered
         if key[0] == "PersistentVolumeClaim" and key in live:
             obj = _fit_existing_claim(rendered, live[key])
+        if key[0] in DELEGATED_KINDS.values() and not _autoscaler_changed(obj, previous):
+            continue  # not watched: applied when it changes (docs/autoscaling.md)
         if needs_apply(obj, live.get(key)):
-            stored[key] = writer.apply(obj)
+            try:
+                stored[key] = writer.apply(obj)
+            except KindNotServed as error:
+                not_served = error
+                continue
             result.applied.append("/".join(key))
     wanted = {_key(obj) for obj in desired}
     for key, child in live.items():
@@ -164,17 +197,23 @@ def reconcile(
             result.pruned.append("/".join(key))
             stored.pop(key, None)
 
+    if not isinstance(outcome, Refusal):
+        result.pruned += _prune_delegated(previous, desired, writer, namespace, name)
     deployment = next((o for k, o in stored.items() if k[0] == "Deployment"), None)
     service = next((o for k, o in stored.items() if k[0] == "Service"), None)
     endpoint = None
     if service is not None and not isinstance(outcome, Refusal):
         port = service["spec"]["ports"][0]["port"]
         endpoint = f"http://{service['metadata']['name']}.{namespace}.svc:{port}/v1"
+    scaling_view = None
+    if parsed is not None and parsed.spec.autoscaling.enabled and not isinstance(outcome, Refusal):
+        scaling_view = _scaling_view(parsed, record, deployment, desired, not_served)
     status = compute_status(
         generation=generation,
         outcome=outcome,
         observed=Observed(deployment, view.pods),
-        desired_replicas=int(md.get("spec", {}).get("replicas", 1)),
+        desired_replicas=_desired_replicas(md, record, deployment),
+        scaling=scaling_view,
         selector=f"{LABEL_MODEL_DEPLOYMENT}={name}",
         endpoint=endpoint,
         previous=previous,
@@ -201,8 +240,89 @@ def reconcile(
             posted.add((event[1], changed["message"]))
             writer.event(md, event[0], event[1], changed["message"], changed["type"])
             result.writes += 1
+    moved = scale_event(previous.get("autoscaling"), record) if record is not None else None
+    if moved is not None:
+        writer.event(md, "Normal", moved[0], moved[1], "Scale")
+        result.writes += 1
     result.writes += len(result.applied) + len(result.pruned)
     return result
+
+
+def _prune_delegated(
+    previous: Mapping[str, Any],
+    desired: Sequence[Mapping[str, Any]],
+    writer: Writer,
+    namespace: str,
+    name: str,
+) -> list[str]:
+    """Delete the ScaledObject/HPA of a mode no longer asked for (they are not watched)."""
+    kind = DELEGATED_KINDS.get(str((previous.get("autoscaling") or {}).get("mode")))
+    if kind is None or any(o["kind"] == kind for o in desired):
+        return []
+    writer.delete(kind, namespace, name)
+    return [f"{kind}/{name}"]
+
+
+def _native_record(
+    md: ModelDeployment,
+    scaling: ScalingRecord | None,
+    previous: Mapping[str, Any],
+    children: Sequence[Mapping[str, Any]],
+) -> ScalingRecord | None:
+    """The native autoscaler's record for this pass, or None (autoscaling off, or not native)."""
+    autoscaling = md.spec.autoscaling
+    if not autoscaling.enabled or autoscaling.mode != "native":
+        return None
+    if scaling is not None:
+        return scaling
+    return initial_record(
+        autoscaling, md.spec.replicas, previous.get("autoscaling"), deployment_replicas(children)
+    )
+
+
+def _desired_replicas(
+    md: Mapping[str, Any], record: ScalingRecord | None, deployment: Mapping[str, Any] | None
+) -> int:
+    """The replicas status compares the rollout with: the autoscaler's, else the spec's."""
+    if record is not None:
+        return record.desired
+    autoscaling = (md.get("spec") or {}).get("autoscaling") or {}
+    if autoscaling.get("enabled") and deployment is not None:
+        return int((deployment.get("spec") or {}).get("replicas") or 1)  # KEDA's or the HPA's
+    return int(md.get("spec", {}).get("replicas", 1))
+
+
+def _autoscaler_changed(obj: Mapping[str, Any], previous: Mapping[str, Any]) -> bool:
+    """Whether a rendered ScaledObject/HPA differs from the one this operator last applied."""
+    return (previous.get("autoscaling") or {}).get("objectHash") != spec_hash(dict(obj))
+
+
+def _scaling_view(
+    md: ModelDeployment,
+    record: ScalingRecord | None,
+    deployment: Mapping[str, Any] | None,
+    desired: Sequence[Mapping[str, Any]],
+    not_served: KindNotServed | None,
+) -> ScalingView:
+    """``status.autoscaling`` and the ``Autoscaling`` condition of this pass."""
+    autoscaling = md.spec.autoscaling
+    current = int(((deployment or {}).get("spec") or {}).get("replicas") or 0)
+    status = autoscaling_status(autoscaling, record, current)
+    message = condition_message(autoscaling, md.spec.replicas, record)
+    if record is not None:
+        return ScalingView(status, (True, "Native", message))
+    kind = DELEGATED_KINDS[autoscaling.mode]
+    if not_served is not None:
+        status["reason"] = str(not_served)
+        what = "KEDA" if autoscaling.mode == "keda" else "the autoscaling/v2 API"
+        return ScalingView(
+            status,
+            (False, f"{kind}NotServed", f"{not_served}: install {what}, or use mode native"),
+        )
+    rendered = next((o for o in desired if o["kind"] == kind), None)
+    if rendered is not None:
+        status["objectHash"] = spec_hash(dict(rendered))
+    return ScalingView(status, (True, "Delegated", message))
 
 
 # Which condition transitions deserve an Event, and of which type.

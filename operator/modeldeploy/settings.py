@@ -43,6 +43,17 @@ class OperatorSettings(BaseModel):
         description="Kopf peering name for one active operator among replicas; "
         "null runs standalone.",
     )
+    autoscale_interval_seconds: float = Field(
+        15.0,
+        gt=0,
+        description="Period of the operator-native autoscaler: scrape, decide, apply.",
+    )
+    scrape_timeout_seconds: float = Field(
+        2.0, gt=0, description="Timeout of one scrape of a model pod's metrics."
+    )
+    max_scale_up_step: int = Field(
+        4, ge=1, description="Most replicas the autoscaler adds in one decision."
+    )
     metrics_port: int = Field(9090, ge=0, le=65535, description="Prometheus /metrics port.")
     health_port: int = Field(8080, ge=0, le=65535, description="Liveness /healthz port.")
     bind_address: str = Field("0.0.0.0", description="Address of the metrics and health ports.")

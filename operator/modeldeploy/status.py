@@ -31,7 +31,15 @@ from modeldeploy.artifacts import (
     reported_artifact,
 )
 
-CONDITION_TYPES = ("Ready", "Progressing", "Degraded", "Scheduled", ARTIFACT_CONDITION)
+AUTOSCALING_CONDITION = "Autoscaling"
+CONDITION_TYPES = (
+    "Ready",
+    "Progressing",
+    "Degraded",
+    "Scheduled",
+    ARTIFACT_CONDITION,
+    AUTOSCALING_CONDITION,
+)
 
 # Container waiting reasons that mean "this will not get better by waiting" (kubelet's
 # reasons for images and crash loops, see pkg/kubelet/images and kuberuntime).
@@ -78,6 +86,14 @@ class Refusal:
     def failed(self) -> bool:
         """Whether the spec (or its source) must change: phase Failed rather than Pending."""
         return self.reason == "InvalidSpec" or self.reason in REFUSING_REASONS
+
+
+@dataclass(frozen=True)
+class ScalingView:
+    """``status.autoscaling`` and the ``Autoscaling`` condition (status, reason, message)."""
+
+    status: Mapping[str, Any]
+    condition: tuple[bool | str, str, str]
 
 
 @dataclass(frozen=True)
@@ -170,6 +186,7 @@ def compute_status(
     previous: Mapping[str, Any],
     now: str,
     artifact: ArtifactState | None = None,
+    scaling: ScalingView | None = None,
 ) -> dict[str, Any]:
     """The whole status object for one pass (``outcome`` is a refusal or the decision)."""
 
@@ -200,6 +217,9 @@ def compute_status(
         if recorded is not None:
             status["artifact"] = recorded
         conditions.append(cond(ARTIFACT_CONDITION, *artifact_condition(artifact, observed.pods)))
+    if scaling is not None:
+        status["autoscaling"] = dict(scaling.status)
+        conditions.append(cond(AUTOSCALING_CONDITION, *scaling.condition))
     previous_conditions = previous.get("conditions") or []
     status["conditions"] = _keep_transition_times(conditions, previous_conditions)
     return status

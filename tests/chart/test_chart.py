@@ -33,6 +33,10 @@ from modeldeploy.config import OperatorConfig
 from modeldeploy.fetch.envvars import SETTINGS_VARS
 from modeldeploy.metrics import (
     API_WRITES,
+    AUTOSCALE_CHANGES,
+    AUTOSCALE_DESIRED,
+    AUTOSCALE_LOAD,
+    AUTOSCALE_SCRAPES,
     LAST_ERROR,
     MODEL_DEPLOYMENTS,
     RECONCILE_SECONDS,
@@ -404,6 +408,10 @@ OPERATOR_METRICS = {
         (MODEL_DEPLOYMENTS, ("",)),
         (LAST_ERROR, ("",)),
         (API_WRITES, ("_total",)),
+        (AUTOSCALE_DESIRED, ("",)),
+        (AUTOSCALE_LOAD, ("",)),
+        (AUTOSCALE_CHANGES, ("_total",)),
+        (AUTOSCALE_SCRAPES, ("_total",)),
     )
     for suffix in suffixes
 }
@@ -438,7 +446,9 @@ def test_dashboard_queries_use_only_metrics_that_exist() -> None:
     assert {n.rsplit("_", 1)[0] if n.endswith(("_bucket", "_total")) else n for n in names} >= {
         "modeldeploy_reconcile", "modeldeploy_reconcile_duration_seconds",
         "modeldeploy_model_deployments", "modeldeploy_last_error_timestamp_seconds",
-        "modeldeploy_api_writes",
+        "modeldeploy_api_writes", "modeldeploy_autoscale_desired_replicas",
+        "modeldeploy_autoscale_load_requests", "modeldeploy_autoscale_changes",
+        "modeldeploy_autoscale_scrapes",
     }  # fmt: skip
     assert any(n.startswith("llamacpp:") for n in names)
     assert any(n.startswith("vllm:") for n in names)

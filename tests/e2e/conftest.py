@@ -10,10 +10,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from e2e.cluster.keda import SCALED_OBJECT_CRD_NAME, keda_scaled_object_crd
 from e2e.cluster.local import POD_CIDR, REPO, LocalCluster
 from e2e.cluster.tools import control_plane_bin_dir
-from e2e.harness import ClusterHandle, existing_cluster, install_crds
+from e2e.harness import ClusterHandle, existing_cluster, install_crds, wait_until
 from kubernetes import client
+
+KEDA_DEADLINE_SECONDS = 60
 
 
 @pytest.fixture(scope="session")
@@ -55,6 +58,40 @@ def namespace(cluster: ClusterHandle, request: pytest.FixtureRequest) -> Iterato
         yield name
     finally:
         api.delete_namespace(name)
+
+
+@pytest.fixture(scope="module")
+def keda_cluster(crd_cluster: ClusterHandle) -> Iterator[ClusterHandle]:
+    """The cluster with KEDA's ScaledObject CRD Established; the CRD is deleted afterwards."""
+    crd = keda_scaled_object_crd()
+    applied = crd_cluster.kubectl("apply", "--server-side", "-f", str(crd), check=False)
+    assert applied.returncode == 0, applied.stderr
+    extensions = client.ApiextensionsV1Api(crd_cluster.api_client())
+
+    def established() -> bool:
+        found = extensions.read_custom_resource_definition(SCALED_OBJECT_CRD_NAME)
+        conditions = {c.type: c.status for c in (found.status.conditions or [])}
+        return conditions.get("Established") == "True"
+
+    wait_until(established, KEDA_DEADLINE_SECONDS, f"CRD {SCALED_OBJECT_CRD_NAME} Established")
+    wait_until(
+        lambda: crd_cluster.kubectl("get", "scaledobjects", "-A", check=False).returncode == 0,
+        KEDA_DEADLINE_SECONDS,
+        "scaledobjects in discovery",
+    )
+    try:
+        yield crd_cluster
+    finally:
+        crd_cluster.kubectl(
+            "delete", "crd", SCALED_OBJECT_CRD_NAME, "--wait=true",
+            f"--timeout={KEDA_DEADLINE_SECONDS}s", check=False,
+        )  # fmt: skip
+
+        def gone() -> bool:
+            found = crd_cluster.kubectl("get", "crd", SCALED_OBJECT_CRD_NAME, check=False)
+            return found.returncode != 0 and "NotFound" in found.stderr
+
+        wait_until(gone, KEDA_DEADLINE_SECONDS, f"CRD {SCALED_OBJECT_CRD_NAME} deleted")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

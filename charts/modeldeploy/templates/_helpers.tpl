@@ -70,6 +70,9 @@ own (operator/modeldeploy/settings.py); it refuses unknown ones. */}}
 {{- $settings := dict
   "namespaces" .Values.watchNamespaces
   "resyncSeconds" .Values.config.resyncSeconds
+  "autoscaleIntervalSeconds" .Values.config.autoscaleIntervalSeconds
+  "scrapeTimeoutSeconds" .Values.config.scrapeTimeoutSeconds
+  "maxScaleUpStep" .Values.config.maxScaleUpStep
   "peering" (ternary (include "modeldeploy.peeringName" .) nil .Values.peering.enabled)
   "metricsPort" .Values.metrics.port
   "healthPort" .Values.health.port

@@ -54,8 +54,20 @@ purpose, so that each can be shown to be needed on its own (tests/e2e/test_chart
   resources: [{{ index $child 1 }}]
   verbs: [delete]
 {{- end }}
+{{- if .Values.rbac.delegatedAutoscaling }}
+# spec.autoscaling.mode keda or hpa: the ScaledObject or HorizontalPodAutoscaler of a
+# ModelDeployment, server-side applied when it changes and deleted when the mode changes
+# (rbac.delegatedAutoscaling; the native mode needs neither).
+- apiGroups: [keda.sh]
+  resources: [scaledobjects]
+  verbs: [create, patch, delete]
+- apiGroups: [autoscaling]
+  resources: [horizontalpodautoscalers]
+  verbs: [create, patch, delete]
+{{- end }}
 # Pods of the managed Deployments: read-only, for status (unschedulable, image pull and
-# crash-loop problems).
+# crash-loop problems). The operator-native autoscaler scrapes the Ready ones by pod IP
+# (no API call, so no rule; egress from the operator is not restricted).
 - apiGroups: [""]
   resources: [pods]
   verbs: [list, watch]

@@ -23,6 +23,7 @@ from modeldeploy.api import GROUP_VERSION, KIND, ModelDeployment
 from modeldeploy.catalog import Accelerator
 from modeldeploy.config import OperatorConfig
 from modeldeploy.decision import Placement
+from modeldeploy.render.autoscaler import render_autoscaler
 from modeldeploy.render.fetch_init import fetch_init_container
 from modeldeploy.resolution import Resolution
 from modeldeploy.runtimes import (
@@ -34,6 +35,7 @@ from modeldeploy.runtimes import (
     runtime_for,
     startup_seconds,
 )
+from modeldeploy.scaling import clamp
 from modeldeploy.sizing import GIB
 
 LABEL_NAME = "app.kubernetes.io/name"
@@ -59,6 +61,9 @@ class RenderInputs(NamedTuple):
     placement: Placement
     config: OperatorConfig
     resolution: Resolution | None = None
+    # The operator-native autoscaler's count; None: spec.replicas (clamped to the bounds
+    # while autoscaling), or none at all where KEDA or an HPA owns the count.
+    replicas: int | None = None
 
 
 def labels(name: str, component: str, engine: str) -> dict[str, str]:
@@ -96,6 +101,10 @@ def render_objects(inputs: RenderInputs) -> list[dict[str, Any]]:
         objects.append(render_cache_claim(inputs))
     objects.append(render_deployment(inputs))
     objects.append(render_service(inputs))
+    # KEDA's ScaledObject or an HPA in those modes (render/autoscaler.py).
+    autoscaler = render_autoscaler(inputs)
+    if autoscaler is not None:
+        objects.append(autoscaler)
     return objects
 
 
@@ -116,7 +125,8 @@ def shared_cache(md: ModelDeployment) -> bool:
     return most <= 1
 
 
-def _metadata(md: ModelDeployment, name: str, component: str, engine: str) -> dict[str, Any]:
+def child_metadata(md: ModelDeployment, name: str, component: str, engine: str) -> dict[str, Any]:
+    """A child's name, namespace, labels and controller ownerReference to the ModelDeployment."""
     metadata: dict[str, Any] = {"name": name}
     if md.namespace:
         metadata["namespace"] = md.namespace
@@ -172,7 +182,7 @@ def render_cache_claim(inputs: RenderInputs) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "PersistentVolumeClaim",
-        "metadata": _metadata(
+        "metadata": child_metadata(
             md, cache_claim_name(md.name), COMPONENT_CACHE, str(placement.engine)
         ),
         "spec": spec,
@@ -185,7 +195,7 @@ def render_service(inputs: RenderInputs) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": _metadata(md, md.name, COMPONENT_SERVER, str(placement.engine)),
+        "metadata": child_metadata(md, md.name, COMPONENT_SERVER, str(placement.engine)),
         "spec": {
             "type": config.service_type,
             "selector": selector_labels(md.name),
@@ -204,7 +214,12 @@ def render_service(inputs: RenderInputs) -> dict[str, Any]:
 
 def render_container(inputs: RenderInputs) -> dict[str, Any]:
     """The engine container: launcher command, engine flags, env, port, probes, limits."""
-    md, placement, config, resolution = inputs
+    md, placement, config, resolution = (
+        inputs.md,
+        inputs.placement,
+        inputs.config,
+        inputs.resolution,
+    )
     engine = str(placement.engine)
     runtime = runtime_for(placement.engine)
     user_env = [variable.model_dump() for variable in md.spec.serving.env]
@@ -319,20 +334,40 @@ def render_pod_template(inputs: RenderInputs) -> dict[str, Any]:
     }
 
 
+def deployment_replicas(inputs: RenderInputs) -> int | None:
+    """The Deployment's ``spec.replicas``: None leaves it to KEDA or an HPA.
+
+    (Server-side apply without the field gives up its ownership, so the other autoscaler's
+    writes stand; docs/autoscaling.md.)
+    """
+    autoscaling = inputs.md.spec.autoscaling
+    if autoscaling.enabled and autoscaling.mode != "native":
+        return None
+    if inputs.replicas is not None:
+        return inputs.replicas
+    if autoscaling.enabled:
+        return clamp(inputs.md.spec.replicas, autoscaling)
+    return inputs.md.spec.replicas
+
+
 def render_deployment(inputs: RenderInputs) -> dict[str, Any]:
     """The Deployment of the engine, with the pod template's hash for rollouts."""
     md, placement = inputs.md, inputs.placement
     template = render_pod_template(inputs)
     digest = spec_hash(template)
     template["metadata"]["annotations"][ANNOTATION_SPEC_HASH] = digest
-    metadata = _metadata(md, md.name, COMPONENT_SERVER, str(placement.engine))
+    metadata = child_metadata(md, md.name, COMPONENT_SERVER, str(placement.engine))
     metadata["annotations"] = {ANNOTATION_SPEC_HASH: digest}
+    spec: dict[str, Any] = {}
+    replicas = deployment_replicas(inputs)
+    if replicas is not None:
+        spec["replicas"] = replicas
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": metadata,
         "spec": {
-            "replicas": md.spec.replicas,
+            **spec,
             "revisionHistoryLimit": 3,
             "progressDeadlineSeconds": startup_seconds(placement) + 600,
             "selector": {"matchLabels": selector_labels(md.name)},
