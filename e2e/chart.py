@@ -24,7 +24,7 @@ from kubernetes import client
 
 from e2e.cluster.local import REPO, free_port
 from e2e.cluster.tools import client_bin_dir
-from e2e.harness import ClusterHandle, wait_until
+from e2e.harness import ClusterHandle, stop_process, wait_until
 
 CHART = REPO / "charts" / "modeldeploy"
 VALUE_SETS = CHART / "ci"  # the value sets every chart check renders (*-values.yaml)
@@ -129,13 +129,7 @@ class ChartOperator:
 
     def stop(self) -> None:
         """SIGTERM the operator and wait for it to exit."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
 
 
 def scan(checkov: Path, out: Path) -> int:

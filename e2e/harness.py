@@ -153,6 +153,17 @@ def existing_cluster() -> ClusterHandle | None:
     return ClusterHandle(Path(kubeconfig), pod_cidr or None)
 
 
+def stop_process(process: subprocess.Popen[bytes] | None, grace: float = 30) -> None:
+    """SIGTERM a process and wait for it, SIGKILL after ``grace`` seconds."""
+    if process is not None and process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(grace)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 class OperatorProcess:
     """``modeldeploy run`` as a subprocess serving one namespace, with its metrics."""
 
@@ -237,13 +248,7 @@ class OperatorProcess:
 
     def stop(self) -> None:
         """SIGTERM the operator and wait for it to exit."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
 
 
 class ModelDeploymentApi:

@@ -21,9 +21,9 @@ from kubernetes import client
 from prometheus_client import REGISTRY
 from recording import RecordingWriter
 
-from modeldeploy import handlers
-from modeldeploy.handlers import State, reconcile_key, resync_forever
+from modeldeploy import handlers, passes
 from modeldeploy.observed import LEGACY_FINALIZERS
+from modeldeploy.passes import State, reconcile_key, resync_forever
 from modeldeploy.settings import OperatorSettings
 from modeldeploy.status import forbidden_status
 
@@ -235,7 +235,7 @@ def test_a_refused_permission_is_reported_as_degraded_forbidden() -> None:
     error = client.ApiException(status=403, reason="Forbidden")
     error.body = json.dumps({"message": 'cannot patch resource "deployments"'})
     with pytest.raises(kopf.TemporaryError, match="lacks a permission"):
-        asyncio.run(handlers._api_error(error, md("chat"), state(writer)))
+        asyncio.run(passes._api_error(error, md("chat"), state(writer)))
     (kind, status), event = writer.calls
     assert kind == "status" and event == ("event", ("Warning", "Forbidden"))
     degraded = next(c for c in status["conditions"] if c["type"] == "Degraded")

@@ -284,3 +284,19 @@ class TensorParallelGpuRuntime:
     def model_file(self, names: Sequence[str]) -> str | None:
         """These engines serve the model directory."""
         return None
+
+    # Each engine module's own functions: its flags, and its command line around a directory.
+    flags: Callable[[Placement, str, list[str], OperatorConfig], list[str]]
+    command_line: Callable[..., list[str]]
+
+    def engine_args(
+        self, placement: Placement, served_name: str, user_args: list[str], config: OperatorConfig
+    ) -> list[str]:
+        """The engine's flags; the user's args come last and win."""
+        return self.flags(placement, served_name, user_args, config)
+
+    def launch_argv(self, request: LaunchRequest) -> list[str]:
+        """The engine's command line around the model directory and the bind address."""
+        return self.command_line(
+            request.binary, str(request.model), request.args, host=request.host
+        )

@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING
 
 from modeldeploy.catalog import Engine
 from modeldeploy.runtimes.base import (
-    LaunchRequest,
     LoadGauges,
     TensorParallelGpuRuntime,
     has_flag,
@@ -89,6 +88,8 @@ class SGLang(TensorParallelGpuRuntime):
     )
     default_port = DEFAULT_PORT
     load_gauges = LOAD_GAUGES
+    flags = staticmethod(engine_args)
+    command_line = staticmethod(launch_argv)
     sizing = SizingRules(engine="sglang", overhead_per_device=2 * GIB, paged_kv_cache=True)
 
     def image(self, config: OperatorConfig, gpu: bool) -> str:
@@ -99,12 +100,6 @@ class SGLang(TensorParallelGpuRuntime):
         """The CPU architectures the SGLang image is built for."""
         return config.sglang_architectures
 
-    def engine_args(
-        self, placement: Placement, served_name: str, user_args: list[str], config: OperatorConfig
-    ) -> list[str]:
-        """Flags for ``sglang.launch_server``; the user's args come last and win."""
-        return engine_args(placement, served_name, user_args, config)
-
     def engine_env(self) -> list[dict[str, str]]:
         """Offline (the model is local), caches in /tmp (the root filesystem is read-only)."""
         return [
@@ -113,10 +108,6 @@ class SGLang(TensorParallelGpuRuntime):
             {"name": "XDG_CACHE_HOME", "value": "/tmp/cache"},
             {"name": "TRITON_CACHE_DIR", "value": "/tmp/triton"},
         ]
-
-    def launch_argv(self, request: LaunchRequest) -> list[str]:
-        """``python3 -m sglang.launch_server --model-path DIR --host HOST ARGS``."""
-        return launch_argv(request.binary, str(request.model), request.args, host=request.host)
 
 
 RUNTIME = SGLang()

@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING
 
 from modeldeploy.catalog import Engine, vllm_quantization_argument
 from modeldeploy.runtimes.base import (
-    LaunchRequest,
     LoadGauges,
     TensorParallelGpuRuntime,
     has_flag,
@@ -97,6 +96,8 @@ class VLLM(TensorParallelGpuRuntime):
     missing_binary_hint = "vllm not found on PATH (install vLLM, or set MODELDEPLOY_VLLM)"
     default_port = 8000
     load_gauges = LOAD_GAUGES
+    flags = staticmethod(engine_args)
+    command_line = staticmethod(launch_argv)
     sizing = SizingRules(engine="vllm", overhead_per_device=2 * GIB, paged_kv_cache=True)
 
     def image(self, config: OperatorConfig, gpu: bool) -> str:
@@ -107,19 +108,9 @@ class VLLM(TensorParallelGpuRuntime):
         """The CPU architectures the vLLM image is built for."""
         return config.vllm_architectures
 
-    def engine_args(
-        self, placement: Placement, served_name: str, user_args: list[str], config: OperatorConfig
-    ) -> list[str]:
-        """Flags for ``vllm serve <model dir>``; the user's args come last and win."""
-        return engine_args(placement, served_name, user_args, config)
-
     def engine_env(self) -> list[dict[str, str]]:
         """vLLM environment: offline, no telemetry, caches in /tmp."""
         return engine_env()
-
-    def launch_argv(self, request: LaunchRequest) -> list[str]:
-        """``vllm serve MODEL_DIR --host HOST ARGS``."""
-        return launch_argv(request.binary, str(request.model), request.args, host=request.host)
 
 
 RUNTIME = VLLM()

@@ -1,0 +1,108 @@
+"""The operator's connections: the API client, the Secret reader, the peering reader, the
+identity it announces itself with. Used by the Kopf wiring (``handlers``) at start-up.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import getpass
+import os
+import secrets
+import socket
+from collections.abc import Callable, Mapping
+from typing import Any, cast
+
+from kubernetes import client
+from kubernetes import config as kube_config
+
+from modeldeploy import __version__
+from modeldeploy.settings import OperatorSettings
+
+PEERING_GROUP, PEERING_VERSION = "kopf.dev", "v1"
+PeeringReader = Callable[[], list[Mapping[str, Any] | None]]
+
+
+def api_client() -> client.ApiClient:
+    """The Kubernetes API client: in-cluster, else the kubeconfig; our user agent."""
+    try:
+        kube_config.load_incluster_config()
+    except kube_config.ConfigException:
+        kube_config.load_kube_config()
+    api = client.ApiClient()
+    api.user_agent = f"modeldeploy/{__version__}"  # tells our calls apart in audit logs
+    return api
+
+
+def secret_reader(core: client.CoreV1Api) -> Any:
+    """Read one Secret's data (decoded) by name, None when it does not exist. Only ``get``:
+    the operator never lists or watches Secrets, and keeps none of their values."""
+
+    def read(namespace: str, name: str) -> dict[str, str] | None:
+        try:
+            secret = core.read_namespaced_secret(name, namespace)
+        except client.ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+        return {
+            key: base64.b64decode(value).decode(errors="replace")
+            for key, value in (secret.data or {}).items()
+        }
+
+    return read
+
+
+def peering_reader(
+    custom: client.CustomObjectsApi, settings: OperatorSettings
+) -> PeeringReader | None:
+    """Read the Kopf peering objects this operator announces itself in; None: standalone.
+
+    The ClusterKopfPeering when cluster-wide, else the KopfPeering of each namespace
+    served; a missing one reads as None (``list`` by name, which Kopf's peering needs too).
+    """
+    name = settings.peering
+    if name is None:
+        return None
+    by_name = {"field_selector": f"metadata.name={name}"}
+
+    def first(found: Mapping[str, Any]) -> Mapping[str, Any] | None:
+        items = found.get("items") or []
+        return cast("Mapping[str, Any]", items[0]) if items else None
+
+    def read() -> list[Mapping[str, Any] | None]:
+        try:
+            if not settings.namespaces:
+                found = [
+                    custom.list_cluster_custom_object(
+                        PEERING_GROUP, PEERING_VERSION, "clusterkopfpeerings", **by_name
+                    )
+                ]
+            else:
+                found = [
+                    custom.list_namespaced_custom_object(
+                        PEERING_GROUP, PEERING_VERSION, ns, "kopfpeerings", **by_name
+                    )
+                    for ns in settings.namespaces
+                ]
+        except client.ApiException as error:
+            if error.status == 404:  # the peering CRD is not served: Kopf pauses
+                return [None]
+            raise
+        return [first(listed) for listed in found]
+
+    return read
+
+
+def identity() -> str:
+    """This process's name in the peering objects, in Kopf's form: the pod (``POD_ID``),
+    else ``user@host/started/random``."""
+    pod = os.environ.get("POD_ID")
+    if pod:
+        return pod
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry for the uid (a container)
+        user = str(os.getuid())
+    started = datetime.datetime.now(datetime.UTC).strftime("%Y%m%d%H%M%S")
+    return f"{user}@{socket.gethostname()}/{started}/{secrets.token_hex(2)}"
