@@ -91,35 +91,44 @@ class ClusterHandle:
 
 CRD_FILE = REPO / "crds" / "modeldeploy.io_modeldeployments.yaml"
 CRD_NAME = "modeldeployments.modeldeploy.io"
+POLICY_CRD_FILE = REPO / "crds" / "modeldeploy.io_modelpolicies.yaml"
+POLICY_CRD_NAME = "modelpolicies.modeldeploy.io"
+# The operator's own CRDs (crds/modeldeploy.io_*.yaml): name, file, short name, a field to
+# explain.
+OWN_CRDS = (
+    (CRD_NAME, CRD_FILE, "mdep", "mdep.spec.model"),
+    (POLICY_CRD_NAME, POLICY_CRD_FILE, "mpol", "mpol.spec.allowedSources"),
+)
+CRD_NAMES = tuple(name for name, *_ in OWN_CRDS)
 
 
 def install_crds(cluster: ClusterHandle) -> None:
-    """Server-side apply the CRD (safe to repeat); wait until it is served and explained."""
-    applied = cluster.kubectl(
-        "apply", "--server-side", "--force-conflicts", "-f", str(CRD_FILE), check=False
-    )
+    """Server-side apply the CRDs (safe to repeat); wait until they are served and explained."""
+    files = [arg for _, path, *_ in OWN_CRDS for arg in ("-f", str(path))]
+    applied = cluster.kubectl("apply", "--server-side", "--force-conflicts", *files, check=False)
     assert applied.returncode == 0, applied.stderr
     extensions = client.ApiextensionsV1Api(cluster.api_client())
 
-    def established() -> bool:
-        crd = extensions.read_custom_resource_definition(CRD_NAME)
+    def established(name: str) -> bool:
+        crd = extensions.read_custom_resource_definition(name)
         found = (crd.status.conditions if crd.status else None) or []
         conditions = {condition.type: condition.status for condition in found}
         return conditions.get("Established") == "True" and conditions.get("NamesAccepted") == "True"
 
-    wait_until(established, timeout=60, what=f"CRD {CRD_NAME} Established")
-    wait_until(
-        lambda: cluster.kubectl("get", "mdep", "-A", check=False).returncode == 0,
-        timeout=60,
-        what="the mdep short name in discovery",
-    )
-    # The API server publishes a new CRD's OpenAPI (what kubectl explain reads) a moment
-    # after Established.
-    wait_until(
-        lambda: cluster.kubectl("explain", "mdep.spec.model", check=False).returncode == 0,
-        timeout=60,
-        what="the CRD schema in the published OpenAPI",
-    )
+    for name, _, short_name, field in OWN_CRDS:
+        wait_until(lambda n=name: established(n), timeout=60, what=f"CRD {name} Established")
+        wait_until(
+            lambda s=short_name: cluster.kubectl("get", s, "-A", check=False).returncode == 0,
+            timeout=60,
+            what=f"the {short_name} short name in discovery",
+        )
+        # The API server publishes a new CRD's OpenAPI (what kubectl explain reads) a moment
+        # after Established.
+        wait_until(
+            lambda f=field: cluster.kubectl("explain", f, check=False).returncode == 0,
+            timeout=60,
+            what=f"the {name} schema in the published OpenAPI",
+        )
 
 
 PEERING_CRD_FILE = REPO / "crds" / "kopf-peering.yaml"
@@ -176,11 +185,13 @@ class OperatorProcess:
         peering: str | None = None,
         *,
         autoscale_interval_seconds: float = 2.0,
+        settings_file: Path | None = None,
     ) -> None:
         self.kubeconfig = kubeconfig
         self.namespace = namespace
         self.resync_seconds = resync_seconds
         self.autoscale_interval_seconds = autoscale_interval_seconds
+        self.settings_file = settings_file  # modeldeploy run --config (e.g. the webhook)
         self.peering = peering  # a KopfPeering of the namespace; None: --standalone
         self.env = dict(env or {})  # added to the operator's environment (HF_ENDPOINT, ...)
         self.metrics_port = free_port()
@@ -193,6 +204,7 @@ class OperatorProcess:
         argv = [
             sys.executable, "-m", "modeldeploy", "run",
             *(["--peering", self.peering] if self.peering else ["--standalone"]),
+            *(["--config", str(self.settings_file)] if self.settings_file else []),
             "--namespace", self.namespace,
             "--resync-seconds", str(self.resync_seconds),
             "--autoscale-interval-seconds", str(self.autoscale_interval_seconds),

@@ -57,6 +57,7 @@ class ModelMirror:
         )
         self._lock = threading.Lock()
         self.bytes_served = 0
+        self.requests = 0  # every request, answered or not
 
     @property
     def authority(self) -> str:
@@ -100,6 +101,8 @@ class ModelMirror:
 
     def serve(self, handler: _Handler, head: bool) -> None:
         """Answer one request: 404, 412, 416, or the file (whole or one range)."""
+        with self._lock:
+            self.requests += 1
         name = handler.path.split("?", 1)[0].lstrip("/")
         path = self.files.get(name)
         if path is None:

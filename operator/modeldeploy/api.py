@@ -22,6 +22,10 @@ Defaults (identical in the CRD) and why:
 - every ``auto`` (format, quantization, engine, accelerator, gpu count) means "the planner
   decides from the artifact and the cluster's node labels".
 
+``spec.model.signature`` names an OpenSSF model-signing bundle and one trust anchor (a public
+key from a Secret or ConfigMap, or a certificate chain from a ConfigMap); the fetcher verifies
+the files against it offline before publishing them (``fetch/signature.py``).
+
 Compliance deliberately has no spec field yet: its inputs are the object's
 annotations (``modeldeploy.io/owner``, ...) and a cluster-scoped ``ModelPolicy`` that selects
 deployments; its output is a ``Compliant`` condition in ``status.conditions``. Because every
@@ -118,6 +122,11 @@ QUANTITY_PATTERN = (
     r"|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
 )
 CACHE_SIZE_PATTERN = r"^(auto|[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?)$"
+# A key of a Secret's or ConfigMap's data (the API server's rule for data keys).
+DATA_KEY_PATTERN = r"^[-._a-zA-Z0-9]+$"
+# A signature bundle: a path inside the source (no leading "/"), or a URI of one scheme.
+SIGNATURE_BUNDLE_PATTERN = r"^((hf|s3|gs|https|oci|pvc)://.+|[^/].*)$"
+_PARENT_SEGMENT = re.compile(r"(^|/)\.\.(/|$)")
 
 _PARAMETER_SUFFIXES = {"": 1.0, "K": 1e3, "M": 1e6, "B": 1e9, "T": 1e12}
 _SPECIAL_ALIASES = {"min_memory_gib": "minMemoryGiB"}
@@ -136,6 +145,8 @@ def _one_error(message: str) -> WrapValidator:
 
 
 NonEmptyStr = Annotated[str, Field(min_length=1)]
+ObjectName = Annotated[str, Field(pattern=DNS_SUBDOMAIN_PATTERN, max_length=253)]
+DataKey = Annotated[str, Field(pattern=DATA_KEY_PATTERN, max_length=253)]
 Quantity = Annotated[
     Annotated[str, Field(pattern=QUANTITY_PATTERN)] | Annotated[int, Field(ge=0)],
     _one_error("must be a Kubernetes quantity such as 4, 500m or 16Gi"),
@@ -193,6 +204,51 @@ def parse_parameter_count(text: str) -> float:
     return float(number) * _PARAMETER_SUFFIXES[suffix]
 
 
+class SignatureKey(_ApiModel):
+    """The trusted public key (PEM) of a signature: one key of a Secret or a ConfigMap."""
+
+    secret_name: ObjectName | None = None
+    config_map_name: ObjectName | None = None
+    key: DataKey
+
+    @model_validator(mode="after")
+    def _check_rules(self) -> SignatureKey:
+        if (self.secret_name is None) == (self.config_map_name is None):
+            raise _FieldRuleError("secretName", "set exactly one of secretName or configMapName")
+        return self
+
+
+class CertificateChain(_ApiModel):
+    """The trusted certificate chain (PEM, root last) of a signature: one key of a ConfigMap."""
+
+    config_map_name: ObjectName
+    key: DataKey
+
+
+class ModelSignature(_ApiModel):
+    """An OpenSSF model-signing bundle the fetched files must verify against, offline.
+
+    Exactly one trust anchor: an elliptic-curve public key, or a certificate chain. Keyless
+    Sigstore verification (an identity and an OIDC issuer) may come later.
+    """
+
+    bundle: Annotated[str, Field(pattern=SIGNATURE_BUNDLE_PATTERN, max_length=2048)]
+    public_key: SignatureKey | None = None
+    certificate_chain: CertificateChain | None = None
+
+    @model_validator(mode="after")
+    def _check_rules(self) -> ModelSignature:
+        if _PARENT_SEGMENT.search(self.bundle):
+            raise _FieldRuleError("bundle", "must not contain '..' path segments")
+        if (self.public_key is None) == (self.certificate_chain is None):
+            raise _FieldRuleError(
+                "publicKey",
+                "set exactly one of publicKey or certificateChain (verification is offline; "
+                "keyless Sigstore is not supported yet)",
+            )
+        return self
+
+
 class ModelSource(_ApiModel):
     """Where the model comes from and which files of it to serve."""
 
@@ -209,6 +265,7 @@ class ModelSource(_ApiModel):
         Annotated[str, Field(pattern=DNS_SUBDOMAIN_PATTERN, max_length=253)] | None
     ) = None
     served_name: Annotated[str, Field(min_length=1, max_length=253)] | None = None
+    signature: ModelSignature | None = None
 
     @property
     def scheme(self) -> str:
@@ -516,6 +573,11 @@ def _pattern_message(location: tuple[str | int, ...], value: object) -> str:
         "credentialsSecret": f"{shown} must be a Secret name (lowercase DNS subdomain)",
         "size": f"{shown} must be auto or a quantity such as 20Gi",
         "name": f"{shown} must be a C identifier-like environment variable name",
+        "bundle": f"{shown} must be a path inside the source (such as model.sig) or a URI with "
+        "scheme " + ", ".join(f"{scheme}://" for scheme in SOURCE_SCHEMES),
+        "secretName": f"{shown} must be a Secret name (lowercase DNS subdomain)",
+        "configMapName": f"{shown} must be a ConfigMap name (lowercase DNS subdomain)",
+        "key": f"{shown} must be a data key: letters, digits, '-', '_' and '.'",
     }
     if field in hints:
         return hints[field]

@@ -47,6 +47,11 @@ class Writer:
         self._methods: dict[str, tuple[Callable[..., Any], Callable[..., Any]]] = {
             "Deployment": (apps.patch_namespaced_deployment, apps.delete_namespaced_deployment),
             "Service": (self.core.patch_namespaced_service, self.core.delete_namespaced_service),
+            # The ML-BOM (render/bom.py).
+            "ConfigMap": (
+                self.core.patch_namespaced_config_map,
+                self.core.delete_namespaced_config_map,
+            ),
             "PersistentVolumeClaim": (
                 self.core.patch_namespaced_persistent_volume_claim,
                 self.core.delete_namespaced_persistent_volume_claim,

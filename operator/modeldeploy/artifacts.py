@@ -6,7 +6,7 @@ and ``status.artifact`` records it. This module owns the pure side of that: the 
 of one resolution (``ArtifactState``), its round trip through ``status.artifact`` (so a
 restarted operator plans the same objects without asking the source again), what the
 fetch init containers reported in their termination messages, and the
-``ArtifactVerified`` condition.
+``ArtifactVerified`` and ``SignatureVerified`` conditions.
 """
 
 from __future__ import annotations
@@ -26,12 +26,14 @@ from modeldeploy.fetch.errors import (
     DigestMismatchError,
     MissingFileError,
     SelectionError,
+    SignatureInvalidError,
     SourceChangedError,
 )
 from modeldeploy.resolution import ArtifactFile, Resolution
 from modeldeploy.sizing import GIB, ModelArchitecture
 
 CONDITION = "ArtifactVerified"
+SIGNATURE_CONDITION = "SignatureVerified"
 # The name of the fetch init container (render/fetch_init.py), whose termination message
 # reports what it fetched and verified.
 INIT_CONTAINER = "fetch"
@@ -45,6 +47,7 @@ REFUSING_REASONS = frozenset(
         SelectionError,
         MissingFileError,
         CredentialError,
+        SignatureInvalidError,  # reported by the pods' fetchers; the operator never verifies
     )
 )
 
@@ -71,8 +74,12 @@ class ArtifactState:
 
 
 def model_hash(model: ModelSource) -> str:
-    """A short digest of ``spec.model``: a change of it means resolving again."""
-    text = json.dumps(model.model_dump(mode="json", by_alias=True), sort_keys=True)
+    """A short digest of ``spec.model``: a change of it means resolving again.
+
+    ``signature`` is left out: it changes what the pods verify, not what resolves.
+    """
+    fields = model.model_dump(mode="json", by_alias=True, exclude={"signature"})
+    text = json.dumps(fields, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -208,6 +215,54 @@ def artifact_condition(
     if state.resolution is not None:
         return "Unknown", "Resolved", f"{state.message}; each pod verifies sha256 as it fetches"
     return "Unknown", state.reason, state.message
+
+
+def signature_condition(
+    model: ModelSource, state: ArtifactState | None, pods: Sequence[Mapping[str, Any]]
+) -> tuple[str, str, str] | None:
+    """``SignatureVerified`` as (status, reason, message), or None without a signature.
+
+    True (``Verified``) once a pod's fetcher exited 0 for the resolved revision and reported
+    the signature it verified (the signer's key fingerprint or certificate subject); False
+    (``SignatureInvalid``) when a fetcher refused the files (the message names the file and
+    why); Unknown (``Pending``) before any pod has fetched.
+    """
+    signature = model.signature
+    if signature is None:
+        return None
+    revision = state.resolution.revision if state and state.resolution else None
+    invalid = SignatureInvalidError.reason
+    for report in fetch_reports(pods):
+        reason = str(report.result.get("reason") or "")
+        if report.exit_code != 0 and reason == invalid:
+            error = report.result.get("error") or f"exited {report.exit_code}"
+            return "False", invalid, f"pod {report.pod}: {error}"
+        verified = report.result.get("signature")
+        fetched = report.result.get("revision")
+        if (
+            report.exit_code == 0
+            and isinstance(verified, Mapping)
+            and verified.get("identity")
+            and fetched
+            and (revision is None or fetched == revision)
+        ):
+            count = len(report.result.get("files") or [])
+            noun = "file" if count == 1 else "files"
+            signer = str(verified["identity"])
+            if verified.get("kind") == "publicKey":
+                signer = f"key {signer}"
+            message = (
+                f"pod {report.pod} verified {count} {noun} of {fetched} against "
+                f"{verified.get('bundle') or signature.bundle}, signed by {signer}"
+            )
+            return "True", "Verified", message
+    anchor = "public key" if signature.public_key is not None else "certificate chain"
+    return (
+        "Unknown",
+        "Pending",
+        f"no pod has fetched yet; each pod verifies {signature.bundle} with the trusted "
+        f"{anchor} before anything is served",
+    )
 
 
 def reported_artifact(

@@ -1,8 +1,9 @@
 """The ``modeldeploy`` command line: one argparse parser, one function per subcommand.
 
-This module owns the parser and ``plan``, ``estimate`` and ``run``; ``serve``,
-``serve-runtime`` (``serve/cli``) and ``fetch`` (``fetch/cli``) register their own parsers
-here. Exit codes, ``CliError``, ``-f`` files and logging are shared (``cli_common``).
+This module owns the parser and ``plan``, ``estimate``, ``run`` and ``policy check``; ``serve``,
+``serve-runtime`` (``serve/cli``), ``fetch`` (``fetch/cli``) and ``bom`` (``bom_cli``)
+register their own parsers here. Exit codes, ``CliError``, ``-f`` files and logging are
+shared (``cli_common``).
 """
 
 from __future__ import annotations
@@ -12,23 +13,29 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import yaml
 
 from modeldeploy import __version__
+from modeldeploy.bom_cli import add_bom_parser
 from modeldeploy.catalog import Engine
 from modeldeploy.cli_common import (
     EXIT_FAILURE,
     EXIT_INVALID,
+    EXIT_NONCOMPLIANT,
     EXIT_OK,
     CliError,
     fail,
     load_model_deployment,
+    parse_model_deployment_file,
     read_yaml_documents,
 )
 from modeldeploy.fetch.cli import add_fetch_parser
 from modeldeploy.serve.cli import add_serve_parsers
+
+if TYPE_CHECKING:
+    from modeldeploy.policy_api import ModelPolicy
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,8 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_plan(commands)
     _add_estimate(commands)
     _add_run(commands)
+    _add_policy(commands)
     add_serve_parsers(commands)
     add_fetch_parser(commands)
+    add_bom_parser(commands)
     return parser
 
 
@@ -341,3 +350,121 @@ def run_operator_command(args: argparse.Namespace) -> int:
     kopf.configure(verbose=args.verbose, log_format=log_format)
     asyncio.run(run_operator(settings))
     return EXIT_OK
+
+
+def _add_policy(commands: Any) -> None:
+    policy = commands.add_parser(
+        "policy",
+        help="check a ModelDeployment against ModelPolicies (docs/compliance.md)",
+        description="Judge ModelDeployments by ModelPolicies without a cluster.",
+    )
+    actions = policy.add_subparsers(dest="policy_command", metavar="ACTION", required=True)
+    check = actions.add_parser(
+        "check",
+        help="print every violation; exit 3 when there is one",
+        description=(
+            "Evaluate a ModelDeployment against ModelPolicies as the operator does: every "
+            "policy whose namespaceSelector selects the namespace applies. Prints one line "
+            "per violation (enforcement, policy, rule, field, what is allowed) and per "
+            "pending rule (one that needs the resolved artifact: status.artifact, when the "
+            "file has one, provides it). Exit 0 when the ModelDeployment complies, 3 when "
+            "it does not, 2 for bad input."
+        ),
+    )
+    check.add_argument("-f", "--filename", required=True, help="ModelDeployment YAML ('-': stdin)")
+    check.add_argument(
+        "--policy",
+        action="append",
+        required=True,
+        dest="policies",
+        metavar="FILE",
+        help="ModelPolicy YAML (several documents, or `kubectl get mpol -o yaml`); repeatable",
+    )
+    check.add_argument(
+        "--namespace-labels",
+        action="append",
+        default=[],
+        metavar="K=V,...",
+        help="the namespace's labels (kubernetes.io/metadata.name comes from metadata.namespace)",
+    )
+    check.add_argument("-o", "--output", choices=("json",), help="print the evaluation as JSON")
+    check.set_defaults(handler=run_policy_check)
+
+
+def load_model_policies(path: str) -> list[ModelPolicy]:
+    """The validated ModelPolicies of a YAML file (documents, or a ``kind: List``)."""
+    from modeldeploy.api import SpecError
+    from modeldeploy.policy_api import parse_model_policy
+
+    policies: list[ModelPolicy] = []
+    for doc in read_yaml_documents(path):
+        is_list = isinstance(doc, dict) and doc.get("kind") in ("List", "ModelPolicyList")
+        items = doc.get("items") if is_list else [doc]
+        for item in items or []:
+            found = item.get("kind") if isinstance(item, dict) else type(item).__name__
+            if found != "ModelPolicy":
+                raise CliError(f"{path}: expected ModelPolicy objects, found {found}")
+            try:
+                policy = parse_model_policy(item)
+            except SpecError as error:
+                metadata = item.get("metadata")
+                name = metadata.get("name") if isinstance(metadata, dict) else None
+                raise CliError(f"{path}: {name or 'ModelPolicy'}: {error}") from None
+            if not policy.name:
+                raise CliError(f"{path}: a ModelPolicy needs metadata.name")
+            policies.append(policy)
+    if not policies:
+        raise CliError(f"{path}: no ModelPolicy found")
+    return policies
+
+
+def parse_labels(texts: Sequence[str]) -> dict[str, str]:
+    """``k=v,k2=v2`` (possibly several times) as a mapping; a CliError for anything else."""
+    labels: dict[str, str] = {}
+    for text in texts:
+        for item in filter(None, (part.strip() for part in text.split(","))):
+            key, sep, value = item.partition("=")
+            if not sep or not key.strip():
+                raise CliError(f"--namespace-labels: {item!r} is not KEY=VALUE")
+            labels[key.strip()] = value.strip()
+    return labels
+
+
+def run_policy_check(args: argparse.Namespace) -> int:
+    """``modeldeploy policy check``: one line per violation; exit 0, 3 (noncompliant) or 2."""
+    from modeldeploy.compliance import ResolvedFacts, evaluate
+
+    try:
+        md = parse_model_deployment_file(args.filename)
+        policies = [policy for path in args.policies for policy in load_model_policies(path)]
+        labels = parse_labels(args.namespace_labels)
+    except CliError as error:
+        return fail("policy check", str(error))
+    names = [policy.name for policy in policies]
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        return fail("policy check", f"policies given more than once: {', '.join(twice)}")
+    if md.namespace:
+        labels.setdefault("kubernetes.io/metadata.name", md.namespace)
+    result = evaluate(policies, labels, md, ResolvedFacts.from_status(md.status))
+    if args.output == "json":
+        sys.stdout.write(json.dumps(result.as_dict(), indent=2) + "\n")
+    else:
+        lines = [
+            f"{v.enforcement}: {v.policy}: {v.rule}: {v.field}: {v.message}; allowed: {v.allowed}"
+            for v in result.violations
+        ]
+        lines += [f"pending: {p.policy}: {p.rule}: {p.field}: {p.reason}" for p in result.pending]
+        if not result.policies:
+            lines.append("compliant: no policy selects the namespace")
+        elif result.compliant:
+            lines.append(f"compliant: checked by {', '.join(result.policies)}")
+        else:
+            violated = sorted({v.policy for v in result.violations})
+            count = len(result.violations)
+            lines.append(
+                f"noncompliant: {count} violation{'s' if count != 1 else ''} of "
+                f"{', '.join(violated)} (enforcement: {result.enforcement})"
+            )
+        sys.stdout.write("\n".join(lines) + "\n")
+    return EXIT_OK if result.compliant else EXIT_NONCOMPLIANT

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 EXIT_OK = 0
 EXIT_FAILURE = 1  # the command could not do its work (e.g. the cluster could not be read)
 EXIT_INVALID = 2  # bad input, as for argparse's usage errors: nothing on stdout
+EXIT_NONCOMPLIANT = 3  # `policy check`: the ModelDeployment violates a ModelPolicy
 EXIT_INTERRUPTED = 130  # Ctrl-C: 128 + SIGINT
 
 # Client libraries whose INFO lines would drown the command's own.

@@ -33,7 +33,7 @@ from modeldeploy.apply import Writer
 from modeldeploy.autoscaler import Autoscaler
 from modeldeploy.clients import api_client, identity, peering_reader, secret_reader
 from modeldeploy.metrics import set_phase_counts
-from modeldeploy.observed import node_facts, owner_key, pod_facts, snapshot
+from modeldeploy.observed import node_facts, owner_key, pod_facts, policy_facts, snapshot
 from modeldeploy.passes import (
     ALL_NODES,
     State,
@@ -48,6 +48,7 @@ from modeldeploy.resolver import ArtifactResolver
 from modeldeploy.settings import OperatorSettings
 
 MD = (API_GROUP, API_VERSION, PLURAL)
+POLICIES = (API_GROUP, API_VERSION, "modelpolicies")
 CHILD_LABELS = {LABEL_MANAGED_BY: MANAGED_BY}
 # Kopf's finalizer, should a handler ever need one (none does): not one of the legacy
 # names, which this operator releases itself (Kopf would race it for its own name).
@@ -74,6 +75,16 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: An
     )
     settings.posting.enabled = False  # our own Events, for decisions and failures only
     settings.watching.server_timeout = 300
+    webhook = state.settings.admission
+    if webhook.enabled:
+        # The chart registers the ValidatingWebhookConfiguration (and its CA bundle); this
+        # process only serves it, on every replica, leader or not.
+        settings.admission.server = kopf.WebhookServer(
+            addr=state.settings.bind_address,
+            port=webhook.port,
+            certfile=str(webhook.cert_file),
+            pkeyfile=str(webhook.key_file),
+        )
     api = api_client()
     state.writer = Writer(api)
     state.resolver = ArtifactResolver(
@@ -135,6 +146,22 @@ def child_objects(body: kopf.Body, namespace: str | None, labels: kopf.Labels, *
     (one index per kind, named by the handler id)."""
     key = owner_key(namespace, labels)
     return {key: snapshot(body)} if key else None
+
+
+@kopf.index(*POLICIES)
+def model_policies(body: kopf.Body, name: str, **_: Any) -> Any:
+    """Every valid ModelPolicy, by name (an invalid one is logged and applies nothing)."""
+    policy = policy_facts(body)
+    if policy is None:
+        log.warning("ignoring invalid ModelPolicy %s", name)
+        return None
+    return {name: policy}
+
+
+@kopf.index("v1", "namespaces")
+def namespace_labels(body: kopf.Body, name: str, **_: Any) -> Any:
+    """The labels of every namespace, by name (policies select namespaces by label)."""
+    return {name: dict(body.get("metadata", {}).get("labels") or {})}
 
 
 @kopf.index("v1", "pods", labels=CHILD_LABELS)
@@ -202,6 +229,13 @@ async def node_changed(
     await asyncio.gather(*(reconcile_key(key, state, kwargs) for key in keys))
 
 
+@kopf.on.event(*POLICIES)
+async def policy_changed(memo: kopf.Memo, **kwargs: Any) -> None:
+    """A ModelPolicy appeared, changed or went away: judge every ModelDeployment again."""
+    keys = list(kwargs["model_deployments"].keys())
+    await asyncio.gather(*(reconcile_key(key, memo.state, kwargs) for key in keys))
+
+
 async def _child_changed(
     namespace: str | None, labels: Mapping[str, str], memo: kopf.Memo, kwargs: Mapping[str, Any]
 ) -> None:
@@ -223,6 +257,9 @@ async def child_changed(
 
 async def run_operator(settings: OperatorSettings) -> None:
     """Run the operator until it is stopped (SIGTERM/SIGINT)."""
+    if settings.admission.enabled:
+        # Registers the validating webhook's handler with Kopf (see admission.py).
+        from modeldeploy import admission  # noqa: F401
     state = State(settings, identity=identity())
     memo = kopf.Memo(state=state)
     endpoint = None

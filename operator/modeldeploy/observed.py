@@ -17,6 +17,8 @@ import datetime
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from modeldeploy.api import SpecError
+from modeldeploy.policy_api import ModelPolicy, parse_model_policy
 from modeldeploy.render import LABEL_MODEL_DEPLOYMENT
 
 Key = tuple[str, str]  # (namespace, name) of a ModelDeployment
@@ -132,3 +134,22 @@ def peering_paused(
             if int(info.get("priority", PEER_PRIORITY)) >= priority:
                 return True
     return False
+
+
+def policy_facts(body: Mapping[str, Any]) -> ModelPolicy | None:
+    """A ModelPolicy as the operator keeps it: parsed, or None when it is invalid."""
+    try:
+        return parse_model_policy(dict(body))
+    except SpecError:
+        return None
+
+
+def policies_of(index: Mapping[str, Iterable[ModelPolicy]]) -> list[ModelPolicy]:
+    """The policies an index of them holds, by name order."""
+    return [policy for name in sorted(index) for policy in index[name]]
+
+
+def labels_of(index: Mapping[str, Iterable[Mapping[str, str]]], namespace: str) -> dict[str, str]:
+    """A namespace's labels from an index of them, with the name label Kubernetes sets."""
+    labels = next(iter(index.get(namespace, [])), {})
+    return {**labels, "kubernetes.io/metadata.name": namespace}

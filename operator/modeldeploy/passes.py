@@ -27,6 +27,7 @@ from modeldeploy.apply import Writer
 from modeldeploy.autoscaler import Autoscaler, target_of
 from modeldeploy.clients import PeeringReader
 from modeldeploy.clock import utc_now
+from modeldeploy.compliance import source_allowed
 from modeldeploy.metrics import (
     LAST_ERROR,
     RECONCILE_SECONDS,
@@ -34,7 +35,7 @@ from modeldeploy.metrics import (
     RESYNCS,
     set_phase_counts,
 )
-from modeldeploy.observed import Key, finalizers_to_keep, peering_paused
+from modeldeploy.observed import Key, finalizers_to_keep, labels_of, peering_paused, policies_of
 from modeldeploy.reconcile import ClusterView, reconcile
 from modeldeploy.resolver import ArtifactResolver
 from modeldeploy.settings import OperatorSettings
@@ -82,6 +83,8 @@ def _view(key: Key, indexes: Mapping[str, kopf.Index[Any, Any]]) -> ClusterView:
         nodes=list(indexes["nodes"].get(ALL_NODES, [])),
         children=children,
         pods=list(indexes["child_pods"].get(key, [])),
+        policies=policies_of(indexes["model_policies"]),
+        namespace_labels=labels_of(indexes["namespace_labels"], key[0]),
     )
 
 
@@ -92,6 +95,8 @@ INDEXES = (
     "child_services",
     "child_claims",
     "child_pods",
+    "model_policies",
+    "namespace_labels",
 )
 
 
@@ -157,7 +162,11 @@ async def reconcile_key(key: Key, state: State, kwargs: Mapping[str, Any]) -> No
 def _pass(md: Mapping[str, Any], view: ClusterView, state: State) -> Any:
     """Resolve the artifact (cached per spec.model), then reconcile. Runs in a thread."""
     assert state.writer is not None and state.resolver is not None
-    artifact = state.resolver.state_for(md)
+    source = str(((md.get("spec") or {}).get("model") or {}).get("source", ""))
+    refused = source_allowed(view.policies, view.namespace_labels, source)
+    # A source no policy allows is never contacted (the operator must not be a probe of
+    # internal addresses): no resolution; the pass judges and blocks the object.
+    artifact = None if refused is not None else state.resolver.state_for(md)
     uid = str(md["metadata"].get("uid", ""))
     scaling = state.autoscaler.record_for(uid) if state.autoscaler is not None else None
     return reconcile(

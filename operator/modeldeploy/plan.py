@@ -16,6 +16,7 @@ from modeldeploy.api import ModelDeployment, SpecError, parse_model_deployment
 from modeldeploy.config import OperatorConfig
 from modeldeploy.decision import Placement, PlacementRefusal
 from modeldeploy.placement import plan_placement
+from modeldeploy.provenance import PolicyRef, provenance_from
 from modeldeploy.render import RenderInputs, render_objects
 from modeldeploy.resolution import Resolution
 from modeldeploy.sizing import ModelArchitecture
@@ -44,12 +45,14 @@ def plan(
     resolution: Resolution | None = None,
     *,
     replicas: int | None = None,
+    policy: PolicyRef | None = None,
 ) -> Plan:
     """Place a validated ModelDeployment on the nodes and render its children.
 
     ``resolution`` is the operator's resolution of ``spec.model``: sizing reads its
     architecture (unless ``artifact`` is given), the init container fetches its revision.
-    ``replicas`` is the operator-native autoscaler's count (``render.RenderInputs``).
+    ``replicas`` is the operator-native autoscaler's count (``render.RenderInputs``);
+    ``policy`` the ModelPolicy that admitted it, for the provenance annotations.
     """
     config = config or OperatorConfig()
     if not md.name:
@@ -57,7 +60,8 @@ def plan(
     if artifact is None and resolution is not None:
         artifact = resolution.architecture
     placement = plan_placement(md.spec, nodes, config, artifact)
-    inputs = RenderInputs(md, placement, config, resolution, replicas)
+    provenance = provenance_from(md, resolution, policy=policy)
+    inputs = RenderInputs(md, placement, config, resolution, replicas, provenance)
     return Plan(md, placement, render_objects(inputs))
 
 

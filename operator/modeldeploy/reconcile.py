@@ -19,14 +19,20 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from modeldeploy.api import ModelDeployment, SpecError, parse_model_deployment
-from modeldeploy.artifacts import ArtifactState
+from modeldeploy.artifacts import ArtifactState, signature_condition
 from modeldeploy.clock import utc_now
+from modeldeploy.compliance import applying_policies, evaluate
 from modeldeploy.config import OperatorConfig
 from modeldeploy.decision import PlacementRefusal
 from modeldeploy.drift import needs_apply
+from modeldeploy.enforcement import Verdict, resolved_facts, verdict
 from modeldeploy.plan import plan
+from modeldeploy.policy_api import ModelPolicy
+from modeldeploy.provenance import PolicyRef, provenance_from
+from modeldeploy.provenance import as_status as provenance_status
 from modeldeploy.quantity import quantity_bytes
 from modeldeploy.render import LABEL_MODEL_DEPLOYMENT, spec_hash
+from modeldeploy.render.bom import bom_config_map_name
 from modeldeploy.scaling import (
     DELEGATED_KINDS,
     ScalingRecord,
@@ -68,11 +74,13 @@ class Writer(Protocol):
 
 @dataclass(frozen=True)
 class ClusterView:
-    """What the operator's watches hold right now, as plain dicts."""
+    """What the operator's watches hold right now, as plain dicts (policies parsed)."""
 
     nodes: Sequence[Mapping[str, Any]]
     children: Sequence[Mapping[str, Any]] = ()  # Deployments, Services, PVCs of this MD
     pods: Sequence[Mapping[str, Any]] = ()
+    policies: Sequence[ModelPolicy] = ()  # every ModelPolicy of the cluster
+    namespace_labels: Mapping[str, str] = field(default_factory=dict)  # of this MD's namespace
 
 
 @dataclass
@@ -141,6 +149,7 @@ def reconcile(
 
     outcome: Refusal | dict[str, Any]
     desired: list[dict[str, Any]] = []
+    judged: Verdict | None = None
     parsed: ModelDeployment | None = None
     record: ScalingRecord | None = None
     resolution = artifact.resolution if artifact is not None else None
@@ -154,7 +163,10 @@ def reconcile(
             parsed = parse_model_deployment(md)
             record = _native_record(parsed, scaling, previous, view.children)
             replicas = record.desired if record is not None else None
-            planned = plan(parsed, view.nodes, config, resolution=resolution, replicas=replicas)
+            policy = _policy_ref(view)
+            planned = plan(
+                parsed, view.nodes, config, resolution=resolution, replicas=replicas, policy=policy
+            )
         except SpecError as error:
             outcome = Refusal("InvalidSpec", str(error))
             result.result = "invalid"
@@ -170,6 +182,10 @@ def reconcile(
         else:
             outcome = planned.placement.decision()
             desired = planned.objects
+            judged = _judge(parsed, view, artifact, outcome)
+            if judged is not None and judged.blocked:
+                desired = _blocked(desired)
+                result.result = "blocked"
 
     live = {_key(obj): obj for obj in view.children}
     not_served: KindNotServed | None = None
@@ -181,6 +197,8 @@ def reconcile(
             obj = _fit_existing_claim(rendered, live[key])
         if key[0] in DELEGATED_KINDS.values() and not _autoscaler_changed(obj, previous):
             continue  # not watched: applied when it changes (docs/autoscaling.md)
+        if key[0] == "ConfigMap" and not _bom_changed(obj, previous):
+            continue  # the ML-BOM: the operator does not read ConfigMaps (docs/provenance.md)
         if needs_apply(obj, live.get(key)):
             try:
                 stored[key] = writer.apply(obj)
@@ -212,14 +230,29 @@ def reconcile(
         generation=generation,
         outcome=outcome,
         observed=Observed(deployment, view.pods),
-        desired_replicas=_desired_replicas(md, record, deployment),
+        desired_replicas=0
+        if judged is not None and judged.blocked
+        else _desired_replicas(md, record, deployment),
         scaling=scaling_view,
+        compliance=judged.condition if judged is not None else None,
+        blocked=judged is not None and judged.blocked,
+        signature=signature_condition(parsed.spec.model, artifact, view.pods)
+        if parsed is not None
+        else None,
         selector=f"{LABEL_MODEL_DEPLOYMENT}={name}",
         endpoint=endpoint,
         previous=previous,
         now=now or utc_now(),
         artifact=artifact,
     )
+    if parsed is not None and not isinstance(outcome, Refusal):
+        provenance = provenance_from(parsed, resolution, policy=_policy_ref(view))
+        bom = next((o for o in desired if o["kind"] == "ConfigMap"), None)
+        status["provenance"] = provenance_status(
+            provenance,
+            bom_config_map=bom_config_map_name(name),
+            bom_hash=spec_hash(dict(bom)) if bom is not None else None,
+        )
     result.phase = status["phase"]
     result.status = status
     if result.result == "progressing":
@@ -263,6 +296,37 @@ def _prune_delegated(
     return [f"{kind}/{name}"]
 
 
+def _policy_ref(view: ClusterView) -> PolicyRef | None:
+    """The first ModelPolicy (by name) that selects the namespace, for provenance."""
+    applying = applying_policies(view.policies, view.namespace_labels)
+    if not applying:
+        return None
+    generation = applying[0].metadata.get("generation")
+    return PolicyRef(applying[0].name, int(generation) if generation is not None else None)
+
+
+def _judge(
+    md: ModelDeployment,
+    view: ClusterView,
+    artifact: ArtifactState | None,
+    decision: Mapping[str, Any],
+) -> Verdict | None:
+    """The policies' verdict on this pass, with what resolution and planning learnt."""
+    if not view.policies:
+        return None
+    facts = resolved_facts(artifact, decision.get("engine"), decision.get("accelerator"))
+    return verdict(evaluate(view.policies, view.namespace_labels, md, facts))
+
+
+def _blocked(desired: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A blocked object's children: no serving pods (Deployment at 0, no autoscaler)."""
+    return [
+        {**obj, "spec": {**obj["spec"], "replicas": 0}} if obj["kind"] == "Deployment" else obj
+        for obj in desired
+        if obj["kind"] not in DELEGATED_KINDS.values()
+    ]
+
+
 def _native_record(
     md: ModelDeployment,
     scaling: ScalingRecord | None,
@@ -290,6 +354,11 @@ def _desired_replicas(
     if autoscaling.get("enabled") and deployment is not None:
         return int((deployment.get("spec") or {}).get("replicas") or 1)  # KEDA's or the HPA's
     return int(md.get("spec", {}).get("replicas", 1))
+
+
+def _bom_changed(obj: Mapping[str, Any], previous: Mapping[str, Any]) -> bool:
+    """Whether the rendered ML-BOM ConfigMap differs from the one last applied."""
+    return (previous.get("provenance") or {}).get("bomHash") != spec_hash(dict(obj))
 
 
 def _autoscaler_changed(obj: Mapping[str, Any], previous: Mapping[str, Any]) -> bool:
@@ -333,6 +402,10 @@ _EVENTS = {
     ("Degraded", "True"): ("Warning", None),
     ("ArtifactVerified", "True"): ("Normal", None),
     ("ArtifactVerified", "False"): ("Warning", None),
+    ("SignatureVerified", "True"): ("Normal", None),
+    ("SignatureVerified", "False"): ("Warning", None),
+    ("Compliant", "False"): ("Warning", "PolicyViolation"),
+    ("Compliant", "True"): ("Normal", "Compliant"),
 }
 
 

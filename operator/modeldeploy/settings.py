@@ -14,7 +14,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 
 from modeldeploy.config import OperatorConfig
@@ -23,6 +31,27 @@ from modeldeploy.fetch.envvars import SETTINGS_VARS, settings_from_env
 
 class SettingsError(ValueError):
     """The operator's settings file or flags are invalid."""
+
+
+class AdmissionSettings(BaseModel):
+    """The validating webhook for ModelPolicy enforcement (docs/compliance.md)."""
+
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, alias_generator=to_camel, populate_by_name=True
+    )
+
+    enabled: bool = Field(default=False, description="Serve the validating admission webhook.")
+    port: int = Field(default=9443, ge=1, le=65535, description="HTTPS port of the webhook.")
+    cert_file: Path | None = Field(
+        default=None, description="TLS certificate (PEM) the webhook serves."
+    )
+    key_file: Path | None = Field(default=None, description="Its private key (PEM).")
+
+    @model_validator(mode="after")
+    def _needs_a_certificate(self) -> AdmissionSettings:
+        if self.enabled and (self.cert_file is None or self.key_file is None):
+            raise ValueError("admission.enabled needs certFile and keyFile (PEM files)")
+        return self
 
 
 class OperatorSettings(BaseModel):
@@ -59,6 +88,7 @@ class OperatorSettings(BaseModel):
     bind_address: str = Field("0.0.0.0", description="Address of the metrics and health ports.")
     log_format: Literal["plain", "json"] = "plain"
     planning: OperatorConfig = Field(default_factory=OperatorConfig)
+    admission: AdmissionSettings = AdmissionSettings()
 
     @field_validator("planning", mode="before")
     @classmethod

@@ -24,6 +24,7 @@ from modeldeploy.artifacts import (
 )
 from modeldeploy.artifacts import (
     REFUSING_REASONS,
+    SIGNATURE_CONDITION,
     ArtifactState,
     artifact_condition,
     artifact_status,
@@ -32,13 +33,16 @@ from modeldeploy.artifacts import (
 )
 
 AUTOSCALING_CONDITION = "Autoscaling"
+COMPLIANT_CONDITION = "Compliant"
 CONDITION_TYPES = (
     "Ready",
     "Progressing",
     "Degraded",
     "Scheduled",
     ARTIFACT_CONDITION,
+    SIGNATURE_CONDITION,
     AUTOSCALING_CONDITION,
+    COMPLIANT_CONDITION,
 )
 
 # Container waiting reasons that mean "this will not get better by waiting" (kubelet's
@@ -187,6 +191,9 @@ def compute_status(
     now: str,
     artifact: ArtifactState | None = None,
     scaling: ScalingView | None = None,
+    compliance: tuple[bool, str, str] | None = None,
+    blocked: bool = False,
+    signature: tuple[str, str, str] | None = None,
 ) -> dict[str, Any]:
     """The whole status object for one pass (``outcome`` is a refusal or the decision)."""
 
@@ -220,6 +227,17 @@ def compute_status(
     if scaling is not None:
         status["autoscaling"] = dict(scaling.status)
         conditions.append(cond(AUTOSCALING_CONDITION, *scaling.condition))
+    if signature is not None:
+        conditions.append(cond(SIGNATURE_CONDITION, *signature))
+    if compliance is not None:
+        conditions.append(cond(COMPLIANT_CONDITION, *compliance))
+    if blocked and compliance is not None:
+        # A violated enforce policy: no serving pods (docs/compliance.md).
+        status["phase"] = "Blocked"
+        conditions = [
+            cond("Ready", False, "PolicyViolation", compliance[2]) if c["type"] == "Ready" else c
+            for c in conditions
+        ]
     previous_conditions = previous.get("conditions") or []
     status["conditions"] = _keep_transition_times(conditions, previous_conditions)
     return status

@@ -11,6 +11,7 @@ and the values schema against bad input. The security scan (checkov) runs in
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import subprocess
@@ -24,6 +25,7 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
+from cryptography import x509
 from e2e.chart import CHART, helm_template
 from e2e.cluster.local import REPO
 from e2e.cluster.tools import client_bin_dir
@@ -50,8 +52,10 @@ KEEP = {"helm.sh/resource-policy": "keep"}
 # The chart's kubeVersion floor and the local cluster's version.
 KUBERNETES_VERSIONS = ("1.29.0", "1.34.0")
 # Kinds whose schema is not Kubernetes' own: checked against their CRD below, or (the
-# Prometheus Operator's ServiceMonitor, whose CRD is not vendored here) by shape only.
-CUSTOM_KINDS = {"ClusterKopfPeering", "KopfPeering", "ServiceMonitor"}
+# Prometheus Operator's ServiceMonitor and cert-manager's Issuer and Certificate, whose
+# CRDs are not vendored here) by shape only.
+CUSTOM_KINDS = {"ClusterKopfPeering", "KopfPeering", "ServiceMonitor", "Issuer", "Certificate"}
+CUSTOM_API_VERSIONS = {"kopf.dev/v1", "monitoring.coreos.com/v1", "cert-manager.io/v1"}
 
 # Value sets every offline check runs on (ci/*-values.yaml; `make chart-check` scans the same).
 VALUE_SETS: dict[str, dict[str, Any]] = {
@@ -115,7 +119,7 @@ def test_rendered_objects_match_the_kubernetes_schemas(name: str) -> None:
             if obj["kind"] in peering_crds:
                 schema = peering_crds[obj["kind"]]["spec"]["versions"][0]["schema"]
                 jsonschema.validate(obj, schema["openAPIV3Schema"])
-            assert obj["apiVersion"] in ("kopf.dev/v1", "monitoring.coreos.com/v1"), where
+            assert obj["apiVersion"] in CUSTOM_API_VERSIONS, where
             continue
         for version in KUBERNETES_VERSIONS:
             try:
@@ -142,6 +146,10 @@ def test_the_schemas_catch_a_wrong_field() -> None:
         ({"watchNamespaces": ["Not_A_Namespace"]}, "watchNamespaces"),
         ({"image": {"digest": "latest"}}, "digest"),
         ({"planning": {"gpuMemoryUtilization": 1.5}}, "gpuMemoryUtilization"),
+        ({"admission": {"failurePolicy": "Never"}}, "failurePolicy"),
+        ({"admission": {"timeoutSeconds": 31}}, "timeoutSeconds"),
+        ({"admission": {"certManager": {"issuerRef": {"kind": "Issuer"}}}}, "issuerRef"),
+        ({"admission": {"namespaceSelector": {"matchNames": ["a"]}}}, "matchNames"),
     ],
 )
 def test_values_schema_refuses_bad_values(values: dict[str, Any], complaint: str) -> None:
@@ -182,7 +190,7 @@ def test_every_value_is_documented_in_values_yaml_and_the_schema() -> None:
 # -- CRDs ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["modeldeploy.io_modeldeployments.yaml", "kopf-peering.yaml"])
+@pytest.mark.parametrize("name", sorted(path.name for path in CRDS.glob("*.yaml")))
 def test_chart_crds_are_byte_identical_to_crds_dir(name: str) -> None:
     assert (CHART_CRDS / name).read_bytes() == (CRDS / name).read_bytes(), (
         f"charts/modeldeploy/files/crds/{name} differs from crds/{name}: "
@@ -221,8 +229,9 @@ def test_crds_follow_crds_enabled_and_peering() -> None:
         return sorted(o["metadata"]["name"] for o in objects if o["kind"].endswith("Definition"))
 
     assert crd_names({"crds": {"enabled": False}}) == []
-    assert crd_names({"peering": {"enabled": False}}) == ["modeldeployments.modeldeploy.io"]
-    assert crd_names({"crds": {"kopfPeering": False}}) == ["modeldeployments.modeldeploy.io"]
+    ours = ["modeldeployments.modeldeploy.io", "modelpolicies.modeldeploy.io"]
+    assert crd_names({"peering": {"enabled": False}}) == ours
+    assert crd_names({"crds": {"kopfPeering": False}}) == ours
 
 
 # -- settings --------------------------------------------------------------------------
@@ -241,6 +250,8 @@ def test_settings_configmap_is_accepted_by_the_operator(name: str) -> None:
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert (settings.metrics_port, settings.health_port) == (ports["metrics"], ports["health"])
     assert settings.planning.operator_image == container["image"]
+    assert settings.admission.enabled == values.get("admission", {}).get("enabled", False)
+    assert ports.get("webhook") == (settings.admission.port if settings.admission.enabled else None)
 
 
 def test_chart_planning_defaults_are_the_operators_defaults() -> None:
@@ -352,7 +363,8 @@ def test_rbac_grants_no_wildcards_secrets_or_escalation() -> None:
                 continue
             for group, resource, verb, _ in rule_set(obj["rules"]):
                 assert "*" not in (group, resource, verb), (name, obj["kind"])
-                assert resource != "configmaps", (name, resource)
+                # ConfigMaps: the ML-BOM is written, never read (no get, list or watch).
+                assert resource != "configmaps" or verb in ("create", "patch"), (name, verb)
                 # Secrets only by name (spec.model.credentialsSecret): never list or watch.
                 assert resource != "secrets" or verb == "get", (name, verb)
                 assert verb not in ("escalate", "bind", "impersonate", "deletecollection")
@@ -364,7 +376,7 @@ def test_namespaced_mode_uses_roles_in_the_watched_namespaces() -> None:
     default_role = only(render(), "ClusterRole")["rules"]
     cluster = rule_set(only(objects, "ClusterRole")["rules"])
     assert {resource for _, resource, _, _ in cluster} == {
-        "nodes", "customresourcedefinitions", "namespaces",
+        "nodes", "customresourcedefinitions", "namespaces", "modelpolicies",
     }  # fmt: skip
     roles = [o for o in objects if o["kind"] == "Role"]
     bindings = [o for o in objects if o["kind"] == "RoleBinding"]
@@ -376,7 +388,7 @@ def test_namespaced_mode_uses_roles_in_the_watched_namespaces() -> None:
     expected = {
         (g, swap.get(r, r), v, n)
         for g, r, v, n in rule_set(default_role)
-        if r not in ("nodes", "customresourcedefinitions")
+        if r not in ("nodes", "customresourcedefinitions", "namespaces", "modelpolicies")
     }
     assert namespaced == expected
     peerings = [o for o in objects if o["kind"] == "KopfPeering"]
@@ -395,6 +407,186 @@ def test_peering_object_is_a_hook_and_its_rbac_follows_peering() -> None:
     off = render({"peering": {"enabled": False}})
     assert not [o for o in off if o["kind"].endswith("KopfPeering")]
     assert not [p for p in rule_set(only(off, "ClusterRole")["rules"]) if p[0] == "kopf.dev"]
+
+
+# -- admission webhook -----------------------------------------------------------------
+
+ADMISSION = {"admission": {"enabled": True}}
+CERT_MANAGER = {"admission": {"enabled": True, "certManager": {"enabled": True}}}
+WEBHOOK_KINDS = {"ValidatingWebhookConfiguration", "Issuer", "Certificate"}
+
+
+def webhook_of(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    """The one webhook of the chart's ValidatingWebhookConfiguration."""
+    (webhook,) = only(objects, "ValidatingWebhookConfiguration")["webhooks"]
+    return dict(webhook)
+
+
+def operator_container(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    """The operator's container."""
+    (container,) = only(objects, "Deployment")["spec"]["template"]["spec"]["containers"]
+    return dict(container)
+
+
+def test_admission_is_off_by_default_and_renders_nothing() -> None:
+    objects = render()
+    assert not [o for o in objects if o["kind"] in WEBHOOK_KINDS | {"Secret"}]
+    assert [o["metadata"]["name"] for o in objects if o["kind"] == "Service"] == [
+        "modeldeploy-metrics"
+    ]
+    container = operator_container(objects)
+    assert "webhook" not in {p["name"] for p in container["ports"]}
+    assert "webhook-tls" not in {m["name"] for m in container["volumeMounts"]}
+    annotations = only(objects, "Deployment")["spec"]["template"]["metadata"]["annotations"]
+    assert "checksum/webhook-tls" not in annotations
+    # The settings file is the one an operator without a webhook always had.
+    config = json.loads(only(objects, "ConfigMap", "modeldeploy")["data"]["config.yaml"])
+    assert "admission" not in config
+    assert settings_of(objects).admission.enabled is False
+    (rule,) = only(objects, "NetworkPolicy")["spec"]["ingress"]
+    assert rule["ports"] == [{"port": 9090, "protocol": "TCP"}]
+
+
+@pytest.mark.parametrize("values", [ADMISSION, CERT_MANAGER], ids=["generated", "cert-manager"])
+@pytest.mark.parametrize("failure_policy", ["Fail", "Ignore"])
+def test_webhook_calls_the_operator_through_its_service_port_and_path(
+    values: dict[str, Any], failure_policy: str
+) -> None:
+    values = {"admission": {**values["admission"], "failurePolicy": failure_policy}}
+    objects = render(values, namespace="ml-operators")
+    webhook = webhook_of(objects)
+    assert webhook["name"] == "compliance.modeldeploy.io"
+    assert webhook["failurePolicy"] == failure_policy
+    assert (webhook["sideEffects"], webhook["admissionReviewVersions"]) == ("None", ["v1"])
+    assert webhook["timeoutSeconds"] == 10
+    assert webhook["rules"] == [
+        {
+            "apiGroups": ["modeldeploy.io"],
+            "apiVersions": ["v1alpha1"],
+            "operations": ["CREATE", "UPDATE"],
+            "resources": ["modeldeployments"],
+            "scope": "Namespaced",
+        }
+    ]
+    target = webhook["clientConfig"]["service"]
+    assert target["path"] == "/compliance"  # Kopf serves the handler id "compliance" there
+    service = only(objects, "Service", target["name"])
+    assert service["metadata"]["namespace"] == target["namespace"] == "ml-operators"
+    assert service["spec"]["type"] == "ClusterIP"
+    (port,) = [p for p in service["spec"]["ports"] if p["port"] == target["port"]]
+    # The Service's port leads to the container port the operator's settings serve on.
+    container = operator_container(objects)
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports[port["targetPort"]] == settings_of(objects).admission.port == 9443
+    assert (
+        service["spec"]["selector"]
+        == only(objects, "Deployment")["spec"]["selector"]["matchLabels"]
+    )
+
+
+def test_settings_enable_admission_with_the_mounted_certificate() -> None:
+    objects = render({"admission": {"enabled": True, "port": 8443}})
+    settings = settings_of(objects)
+    assert (settings.admission.enabled, settings.admission.port) == (True, 8443)
+    container = operator_container(objects)
+    assert {p["name"]: p["containerPort"] for p in container["ports"]}["webhook"] == 8443
+    mount = {m["name"]: m for m in container["volumeMounts"]}["webhook-tls"]
+    assert mount["readOnly"] is True
+    volume = {v["name"]: v for v in only(objects, "Deployment")["spec"]["template"]["spec"][
+        "volumes"
+    ]}["webhook-tls"]  # fmt: skip
+    items = {i["key"]: i["path"] for i in volume["secret"]["items"]}
+    assert settings.admission.cert_file == Path(mount["mountPath"]) / items["tls.crt"]
+    assert settings.admission.key_file == Path(mount["mountPath"]) / items["tls.key"]
+    secret = only(objects, "Secret", volume["secret"]["secretName"])
+    assert set(items) <= set(secret["data"])
+
+
+def test_generated_ca_bundle_is_the_secrets_ca_and_signs_the_serving_certificate() -> None:
+    objects = render(ADMISSION, namespace="ml-operators")
+    webhook = webhook_of(objects)
+    secret = only(objects, "Secret", "modeldeploy-webhook-tls")
+    assert secret["type"] == "kubernetes.io/tls"
+    # The caBundle, the Secret and the pod's checksum are made once per render.
+    assert webhook["clientConfig"]["caBundle"] == secret["data"]["ca.crt"]
+    ca = x509.load_pem_x509_certificate(base64.b64decode(secret["data"]["ca.crt"]))
+    cert = x509.load_pem_x509_certificate(base64.b64decode(secret["data"]["tls.crt"]))
+    cert.verify_directly_issued_by(ca)
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert {
+        "modeldeploy-webhook.ml-operators.svc",
+        "modeldeploy-webhook.ml-operators.svc.cluster.local",
+    } <= set(names.get_values_for_type(x509.DNSName))
+    assert "cert-manager.io/inject-ca-from" not in (
+        only(objects, "ValidatingWebhookConfiguration")["metadata"].get("annotations") or {}
+    )
+    # Without a cluster to look the Secret up in, every render makes a new certificate,
+    # and the pod's checksum changes with it, so the operator never serves a stale one.
+    checksum = "checksum/webhook-tls"
+    again = render(ADMISSION, namespace="ml-operators")
+    assert only(again, "Secret")["data"]["ca.crt"] != secret["data"]["ca.crt"]
+    assert (
+        only(again, "Deployment")["spec"]["template"]["metadata"]["annotations"][checksum]
+        != only(objects, "Deployment")["spec"]["template"]["metadata"]["annotations"][checksum]
+    )
+
+
+def test_cert_manager_issues_the_certificate_and_injects_the_ca() -> None:
+    objects = render(CERT_MANAGER)
+    assert not [o for o in objects if o["kind"] == "Secret"]
+    configuration = only(objects, "ValidatingWebhookConfiguration")
+    assert "caBundle" not in webhook_of(objects)["clientConfig"]
+    namespace, name = configuration["metadata"]["annotations"][
+        "cert-manager.io/inject-ca-from"
+    ].split("/")
+    serving = only(objects, "Certificate", name)
+    assert namespace == serving["metadata"]["namespace"] == "modeldeploy-system"
+    volume = {v["name"]: v for v in only(objects, "Deployment")["spec"]["template"]["spec"][
+        "volumes"
+    ]}["webhook-tls"]  # fmt: skip
+    assert serving["spec"]["secretName"] == volume["secret"]["secretName"]
+    assert "modeldeploy-webhook.modeldeploy-system.svc" in serving["spec"]["dnsNames"]
+    annotations = only(objects, "Deployment")["spec"]["template"]["metadata"]["annotations"]
+    assert "checksum/webhook-tls" not in annotations
+    # No issuerRef: a self-signed Issuer signs the release's CA, whose Issuer signs the
+    # serving certificate.
+    ca_issuer = only(objects, "Issuer", serving["spec"]["issuerRef"]["name"])
+    ca = only(objects, "Certificate", "modeldeploy-webhook-ca")
+    assert ca["spec"]["isCA"] is True
+    assert ca_issuer["spec"]["ca"]["secretName"] == ca["spec"]["secretName"]
+    assert only(objects, "Issuer", ca["spec"]["issuerRef"]["name"])["spec"] == {"selfSigned": {}}
+    # An issuerRef: only the serving certificate, from that issuer.
+    issuer = {"name": "platform-ca", "kind": "ClusterIssuer", "group": "cert-manager.io"}
+    values = {"admission": {"enabled": True, "certManager": {"enabled": True, "issuerRef": issuer}}}
+    given = render(values)
+    assert not [o for o in given if o["kind"] == "Issuer"]
+    assert only(given, "Certificate")["spec"]["issuerRef"] == issuer
+
+
+def test_network_policy_admits_the_webhook_port_from_anywhere() -> None:
+    values = {**VALUE_SETS["everything-on"], "admission": {"enabled": True, "port": 8443}}
+    rules = only(render(values), "NetworkPolicy")["spec"]["ingress"]
+    webhook = [r for r in rules if r["ports"] == [{"port": 8443, "protocol": "TCP"}]]
+    assert webhook == [{"ports": [{"port": 8443, "protocol": "TCP"}]}]  # no "from": anywhere
+    # The metrics port keeps its own peers.
+    assert next(r for r in rules if r["ports"][0]["port"] == 9090)["from"]
+
+
+def test_webhook_namespace_selector_follows_the_served_namespaces() -> None:
+    def selector(values: dict[str, Any]) -> Any:
+        return webhook_of(render(values, namespace="ml-operators"))["namespaceSelector"]
+
+    key = "kubernetes.io/metadata.name"
+    assert selector(ADMISSION) == {
+        "matchExpressions": [
+            {"key": key, "operator": "NotIn", "values": ["kube-system", "ml-operators"]}
+        ]
+    }
+    assert selector({**ADMISSION, "watchNamespaces": ["team-a", "team-b"]}) == {
+        "matchExpressions": [{"key": key, "operator": "In", "values": ["team-a", "team-b"]}]
+    }
+    given = {"matchLabels": {"modeldeploy.io/policies": "enforced"}}
+    assert selector({"admission": {"enabled": True, "namespaceSelector": given}}) == given
 
 
 # -- dashboards ------------------------------------------------------------------------

@@ -6,10 +6,12 @@ import os
 import re
 import secrets
 import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 from e2e.cluster.keda import SCALED_OBJECT_CRD_NAME, keda_scaled_object_crd
 from e2e.cluster.local import POD_CIDR, REPO, LocalCluster
 from e2e.cluster.tools import control_plane_bin_dir
@@ -58,6 +60,63 @@ def namespace(cluster: ClusterHandle, request: pytest.FixtureRequest) -> Iterato
         yield name
     finally:
         api.delete_namespace(name)
+
+
+class ClusterPolicies:
+    """The cluster-scoped ModelPolicies one test creates with kubectl, deleted when it ends.
+
+    A policy outlives its test's namespace, and one left behind would judge the
+    ModelDeployments of every later test: each name gets a random suffix, and the fixture
+    deletes every policy it created.
+    """
+
+    def __init__(self, cluster: ClusterHandle, workdir: Path) -> None:
+        self.cluster = cluster
+        self.workdir = workdir
+        self.names: list[str] = []
+
+    def name(self, base: str) -> str:
+        """A fresh policy name starting with ``base``."""
+        return f"{base}-{secrets.token_hex(3)}"
+
+    def create(self, obj: dict[str, object]) -> subprocess.CompletedProcess[str]:
+        """``kubectl create`` one ModelPolicy from a file (the result, not checked)."""
+        metadata = obj["metadata"]
+        assert isinstance(metadata, dict)
+        name = str(metadata["name"])
+        path = self.workdir / f"policy-{name}.yaml"
+        path.write_text(yaml.safe_dump(obj))
+        self.names.append(name)
+        return self.cluster.kubectl("create", "-f", str(path), check=False)
+
+    def apply(self, obj: dict[str, object]) -> None:
+        """``kubectl apply`` one ModelPolicy (create it, or change it); it must succeed."""
+        metadata = obj["metadata"]
+        assert isinstance(metadata, dict)
+        name = str(metadata["name"])
+        path = self.workdir / f"policy-{name}.yaml"
+        path.write_text(yaml.safe_dump(obj))
+        if name not in self.names:
+            self.names.append(name)
+        applied = self.cluster.kubectl("apply", "-f", str(path), check=False)
+        assert applied.returncode == 0, applied.stderr
+
+    def delete_all(self) -> None:
+        """Delete every policy this test created (those the API server refused are absent)."""
+        if self.names:
+            self.cluster.kubectl(
+                "delete", "modelpolicies", *self.names, "--ignore-not-found", check=False
+            )
+
+
+@pytest.fixture
+def model_policies(crd_cluster: ClusterHandle, tmp_path: Path) -> Iterator[ClusterPolicies]:
+    """Create ModelPolicies in the CRD cluster; every one is deleted after the test."""
+    policies = ClusterPolicies(crd_cluster, tmp_path)
+    try:
+        yield policies
+    finally:
+        policies.delete_all()
 
 
 @pytest.fixture(scope="module")

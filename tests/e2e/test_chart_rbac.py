@@ -70,6 +70,11 @@ KEPT: dict[tuple[str, str, tuple[str, ...]], str] = {
         "peering CRDs installed later); without it, only a restart picks them up, and Kopf "
         "logs a warning. The CRDs exist before this test starts."
     ),
+    ("modeldeploy.io", "modelpolicies", ("list", "watch")): (
+        "the operator judges ModelDeployments by the ModelPolicies it watches; this "
+        "scenario creates none, so without the rule it does the same job (tests/e2e/"
+        "test_compliance.py runs policies against the operator)"
+    ),
     ("modeldeploy.io", "modeldeployments/finalizers", ("update",)): (
         "children carry a controller ownerReference with blockOwnerDeletion, which the "
         "OwnerReferencesPermissionEnforcement admission plugin (OpenShift, hardened "

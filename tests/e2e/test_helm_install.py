@@ -25,7 +25,7 @@ import pytest
 import yaml
 from e2e.chart import CHART, ChartOperator, service_account_kubeconfig
 from e2e.cluster.local import REPO
-from e2e.harness import CRD_NAME, ClusterHandle, wait_until
+from e2e.harness import CRD_NAMES, ClusterHandle, wait_until
 from kubernetes import client
 
 GROUP, VERSION, PLURAL = "modeldeploy.io", "v1alpha1", "modeldeployments"
@@ -68,7 +68,7 @@ class Release:
 def _adopt_existing_crds(cluster: ClusterHandle, namespace: str) -> None:
     """Let the release take over CRDs applied before it (by the session's crd_cluster
     fixture, or by an operator installed with kubectl): what a user migrating to Helm does."""
-    for name in (CRD_NAME, *PEERING_CRDS):
+    for name in (*CRD_NAMES, *PEERING_CRDS):
         if cluster.kubectl("get", "crd", name, check=False).returncode != 0:
             continue
         cluster.kubectl("label", "--overwrite", "crd", name, "app.kubernetes.io/managed-by=Helm")
@@ -117,8 +117,8 @@ def test_install_is_accepted_under_restricted_pod_security(release: Release) -> 
     kinds = sorted(obj["kind"] for obj in release.objects())
     assert kinds == sorted([
         "ClusterRole", "ClusterRoleBinding", "ConfigMap", "CustomResourceDefinition",
-        "CustomResourceDefinition", "CustomResourceDefinition", "Deployment", "NetworkPolicy",
-        "Service", "ServiceAccount",
+        "CustomResourceDefinition", "CustomResourceDefinition", "CustomResourceDefinition",
+        "Deployment", "NetworkPolicy", "Service", "ServiceAccount",
     ])  # fmt: skip
     manifest = cluster.helm("get", "manifest", RELEASE, "-n", namespace).stdout
     found = subprocess.run(
@@ -264,7 +264,7 @@ def test_helm_uninstall_with_crds_keep_leaves_the_crd_and_users_objects(
     release.installed = False
     assert "kept due to the resource policy" in uninstall.stdout + uninstall.stderr
 
-    for name in (CRD_NAME, *PEERING_CRDS):
+    for name in (*CRD_NAMES, *PEERING_CRDS):
         assert cluster.kubectl("get", "crd", name, check=False).returncode == 0, name
     kept = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "kept")
     assert kept["spec"]["model"]["source"].startswith("hf://")

@@ -10,6 +10,7 @@ the pod IP, counted in ``/metrics`` -> delete -> every process of the pod is gon
 
 from __future__ import annotations
 
+import json
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +19,8 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+from cyclonedx.schema import OutputFormat, SchemaVersion
+from cyclonedx.validation import make_schemabased_validator
 from e2e.cluster.local import REPO
 from e2e.harness import ClusterHandle, OperatorProcess, wait_until
 from e2e.mirror import ModelMirror
@@ -163,7 +166,23 @@ def test_gguf_model_is_fetched_served_from_its_pod_ip_and_stopped_with_it(
                  "sha256": GEMMA_SHA256}
             ]  # fmt: skip
             assert artifact["architecture"]["architecture"] == "gemma3"
+            # Provenance: the ML-BOM the operator stored validates as CycloneDX 1.6, names the
+            # served file's real sha256, and the pods name the same revision.
+            bom_map = core.read_namespaced_config_map(
+                status["provenance"]["bomConfigMap"], namespace
+            )
+            bom_text = bom_map.data["bom.cdx.json"]
+            validator = make_schemabased_validator(OutputFormat.JSON, SchemaVersion.V1_6)
+            assert validator.validate_str(bom_text) is None
+            bom = json.loads(bom_text)
+            (model,) = [c for c in bom["components"] if c["type"] == "machine-learning-model"]
+            served = {
+                h["content"] for f in model.get("components", []) for h in f.get("hashes", [])
+            }
+            assert GEMMA_SHA256 in served, model
+            assert model["version"] == pinned
             pod = core.read_namespaced_pod(pod.metadata.name, namespace)
+            assert pod.metadata.annotations["modeldeploy.io/model-revision"] == pinned
             statuses = {c.name: c for c in pod.status.container_statuses}
             assert statuses["llamacpp"].ready and statuses["llamacpp"].state.running
 

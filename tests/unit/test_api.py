@@ -562,12 +562,14 @@ def test_crd_printer_columns() -> None:
         "Ready": ".status.readyReplicas",
         "Desired": ".status.autoscaling.desiredReplicas",
         "Phase": ".status.phase",
+        "Compliant": '.status.conditions[?(@.type=="Compliant")].status',
         "Endpoint": ".status.endpoint",
         "Age": ".metadata.creationTimestamp",
     }
     assert columns["Accelerator"]["priority"] == 1 and columns["Endpoint"]["priority"] == 1
     for column in columns.values():
-        path = column["jsonPath"].lstrip(".").split(".")
+        # A filter selects one condition: the schema path is that of the list itself.
+        path = column["jsonPath"].split("[?", 1)[0].lstrip(".").split(".")
         if path[0] in {"spec", "status"}:
             assert schema_at(path), column["name"]
 

@@ -237,7 +237,7 @@ def test_a_refused_source_applies_nothing_prunes_nothing_and_says_why() -> None:
     first = RecordingWriter()
     reconcile(md, ClusterView(NODES), first, OperatorConfig(), now=NOW, artifact=resolved(md))  # type: ignore[arg-type]
     applied = [what for kind, what in first.calls if kind == "apply"]
-    assert len(applied) == 3
+    assert len(applied) == 4  # cache claim, Deployment, Service, ML-BOM ConfigMap
     children = [
         {"kind": what.split("/")[0], "metadata": {"name": what.split("/")[1], "ownerReferences":
          [{"uid": "uid-1", "controller": True}]}}

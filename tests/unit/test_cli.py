@@ -51,6 +51,7 @@ def test_plan_full_output(output: str, tmp_path: Path, capsys: pytest.CaptureFix
         "PersistentVolumeClaim",
         "Deployment",
         "Service",
+        "ConfigMap",  # the ML-BOM
     ]
 
 

@@ -61,6 +61,8 @@ def indexes(*mds: dict[str, Any]) -> dict[str, dict[Any, list[Any]]]:
         "child_services": {},
         "child_claims": {},
         "child_pods": {},
+        "model_policies": {},
+        "namespace_labels": {},
     }
 
 

@@ -284,6 +284,7 @@ def test_a_first_pass_applies_children_in_order_then_a_settled_pass_writes_nothi
         "PersistentVolumeClaim/gemma-270m-cpu-model-cache",
         "Deployment/gemma-270m-cpu",
         "Service/gemma-270m-cpu",
+        "ConfigMap/gemma-270m-cpu-ml-bom",
     ]
     md["status"] = next(what for kind, what in writer.calls if kind == "status")
     assert md["status"]["phase"] == "Deploying"

@@ -80,6 +80,14 @@ own (operator/modeldeploy/settings.py); it refuses unknown ones. */}}
   "logFormat" .Values.config.logFormat
   "planning" $planning
 }}
+{{- if .Values.admission.enabled }}
+{{- $_ := set $settings "admission" (dict
+  "enabled" true
+  "port" .Values.admission.port
+  "certFile" (printf "%s/tls.crt" (include "modeldeploy.webhookCertDir" .))
+  "keyFile" (printf "%s/tls.key" (include "modeldeploy.webhookCertDir" .))
+) }}
+{{- end }}
 {{- toPrettyJson $settings }}
 {{- end }}
 
@@ -91,3 +99,74 @@ metadata:
     helm.sh/resource-policy: keep
 {{- end }}
 {{ end }}
+
+{{/* The admission webhook (admission.enabled): its Service, the Secret with its serving
+certificate (kubernetes.io/tls: tls.crt, tls.key, ca.crt), and where the pod mounts it. */}}
+{{- define "modeldeploy.webhookServiceName" -}}
+{{- printf "%s-webhook" (include "modeldeploy.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "modeldeploy.webhookSecretName" -}}
+{{- printf "%s-webhook-tls" (include "modeldeploy.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "modeldeploy.webhookCertDir" -}}
+/etc/modeldeploy-webhook
+{{- end }}
+
+{{/* The DNS names the API server may call the webhook Service by. */}}
+{{- define "modeldeploy.webhookDNSNames" -}}
+{{- $service := include "modeldeploy.webhookServiceName" . }}
+{{- $namespace := .Release.Namespace }}
+{{- toJson (list
+  (printf "%s.%s.svc" $service $namespace)
+  (printf "%s.%s.svc.cluster.local" $service $namespace)
+  (printf "%s.%s" $service $namespace)
+  $service) }}
+{{- end }}
+
+{{/* The generated CA and serving certificate (admission.enabled without cert-manager), as
+JSON of the Secret's data (base64): the existing Secret's when it holds all three keys (a
+`lookup`, so `helm upgrade` keeps the certificate), else a new CA and a certificate it signs
+(valid 10 years). `helm template` and Argo CD cannot look up, so they generate new ones on
+every render. Computed once per render and kept in .Values, so the Secret, the webhook's
+caBundle and the pod's checksum annotation (templates are rendered one by one) agree. */}}
+{{- define "modeldeploy.webhookTLS" -}}
+{{- if not (hasKey .Values.admission "_generatedTLS") }}
+{{- $data := dict }}
+{{- $existing := lookup "v1" "Secret" .Release.Namespace (include "modeldeploy.webhookSecretName" .) }}
+{{- if and $existing (hasKey $existing "data") }}
+{{- $found := get $existing "data" }}
+{{- if and (index $found "ca.crt") (index $found "tls.crt") (index $found "tls.key") }}
+{{- $data = dict "ca.crt" (index $found "ca.crt") "tls.crt" (index $found "tls.crt") "tls.key" (index $found "tls.key") }}
+{{- end }}
+{{- end }}
+{{- if not $data }}
+{{- $names := include "modeldeploy.webhookDNSNames" . | fromJsonArray }}
+{{- $ca := genCA (printf "%s-webhook-ca" (include "modeldeploy.fullname" .)) 3650 }}
+{{- $cert := genSignedCert (first $names) nil $names 3650 $ca }}
+{{- $data = dict "ca.crt" ($ca.Cert | b64enc) "tls.crt" ($cert.Cert | b64enc) "tls.key" ($cert.Key | b64enc) }}
+{{- end }}
+{{- $_ := set .Values.admission "_generatedTLS" $data }}
+{{- end }}
+{{- toJson (get .Values.admission "_generatedTLS") }}
+{{- end }}
+
+{{/* The namespaces whose ModelDeployments the API server sends to the webhook:
+admission.namespaceSelector when set; else the served namespaces (watchNamespaces); else
+every namespace but kube-system and the release's own. */}}
+{{- define "modeldeploy.webhookNamespaceSelector" -}}
+{{- if .Values.admission.namespaceSelector }}
+{{- toYaml .Values.admission.namespaceSelector }}
+{{- else }}
+matchExpressions:
+  - key: kubernetes.io/metadata.name
+{{- if .Values.watchNamespaces }}
+    operator: In
+    values: {{ toJson .Values.watchNamespaces }}
+{{- else }}
+    operator: NotIn
+    values: {{ toJson (list "kube-system" .Release.Namespace | uniq) }}
+{{- end }}
+{{- end }}
+{{- end }}

@@ -11,13 +11,17 @@
 - apiGroups: [apiextensions.k8s.io]
   resources: [customresourcedefinitions]
   verbs: [list, watch]
-{{- if gt (len .Values.watchNamespaces) 0 }}
-# Kopf, serving a list of namespaces: check which of them exist (without it, Kopf retries
-# the refused list for about a minute at every start before it serves anything).
+# ModelPolicies (cluster-scoped): watched into an index; every pass and the admission
+# webhook judge ModelDeployments by them (docs/compliance.md).
+- apiGroups: [modeldeploy.io]
+  resources: [modelpolicies]
+  verbs: [list, watch]
+# Namespaces: their labels, which ModelPolicies select by; and, serving a list of
+# namespaces, Kopf checks which of them exist (without it, Kopf retries the refused list
+# for about a minute at every start before it serves anything).
 - apiGroups: [""]
   resources: [namespaces]
   verbs: [list, watch]
-{{- end }}
 {{- end }}
 
 {{/* RBAC rules for the namespaced resources the operator watches and writes: one rule per
@@ -71,6 +75,12 @@ purpose, so that each can be shown to be needed on its own (tests/e2e/test_chart
 - apiGroups: [""]
   resources: [pods]
   verbs: [list, watch]
+# The ML-BOM ConfigMap of each ModelDeployment: server-side applied when it changes (an
+# apply that creates it needs create as well as patch); garbage-collected with its owner.
+# Never get, list or watch: the operator reads no ConfigMap (other applications' included).
+- apiGroups: [""]
+  resources: [configmaps]
+  verbs: [create, patch]
 # Events about decisions and failures (kubectl describe mdep).
 - apiGroups: [""]
   resources: [events]

@@ -5,8 +5,9 @@ Modules: ``uri`` (source URIs), ``envvars`` (the names of credentials and settin
 resolution the operator records, a ``modeldeploy.resolution.Resolution``), ``gguf_header``
 (the one GGUF header parser: the architecture from range reads or a local file),
 ``download`` and ``transport`` (parallel, resumable, verified transfers), ``layout`` (the
-cache's names), ``lock`` and ``cache`` (the shared cache), ``provenance``, ``fetcher`` (the
-whole fetch) and ``cli`` (``modeldeploy fetch``). The init container that runs it in a
+cache's names), ``lock`` and ``cache`` (the shared cache), ``provenance``, ``signature``
+(model-signing bundles, verified offline before publishing), ``fetcher`` (the whole fetch)
+and ``cli`` (``modeldeploy fetch``). The init container that runs it in a
 model pod is rendered by ``modeldeploy.render.fetch_init``.
 
 The names below load on first use, so that ``modeldeploy fetch`` on a warm cache starts
@@ -28,6 +29,7 @@ _EXPORTS = {
     "FetchRequest": "modeldeploy.fetch.request",
     "resolve": "modeldeploy.fetch.resolve",
     "resolve_model": "modeldeploy.fetch.resolve",
+    "TrustAnchor": "modeldeploy.fetch.signature",
 }
 
 __all__ = [
@@ -37,6 +39,7 @@ __all__ = [
     "FetchRequest",
     "FetchResult",
     "Resolution",
+    "TrustAnchor",
     "fetch",
     "resolve",
     "resolve_model",

@@ -2,7 +2,8 @@
 
 Exit status 0 after a verified publish (or a complete cache entry); otherwise the status
 of the FetchError class (3 digest mismatch, 4 missing file or no matching quantization,
-5 credential denied, 6 source changed, 7 transfer failed, 8 lock lost) or 2 for bad input
+5 credential denied, 6 source changed, 7 transfer failed, 8 lock lost, 9 signature invalid)
+or 2 for bad input
 (arguments, or a ``-f`` file that is missing, not YAML or not a valid ModelDeployment),
 with one ``modeldeploy fetch: error: ...`` line on stderr. Either way a short JSON result
 goes to ``--termination-log`` (Kubernetes shows at most 4096 bytes of it in the pod's
@@ -33,6 +34,7 @@ from modeldeploy.fetch.errors import FetchError
 from modeldeploy.fetch.fetcher import FetchOptions, fetch
 from modeldeploy.fetch.provenance import termination_message
 from modeldeploy.fetch.request import FetchRequest
+from modeldeploy.fetch.signature import TrustAnchor
 
 log = logging.getLogger("modeldeploy.fetch")
 INVALID_INPUT_REASON = "InvalidInput"  # the termination message's reason for a CliError
@@ -81,6 +83,29 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         metavar="FILE=SHA256",
         help="pin a file's sha256 (repeatable)",
     )
+    parser.add_argument(
+        "--signature",
+        metavar="BUNDLE",
+        default=None,
+        help="verify the files against this model-signing bundle before publishing: a path "
+        "inside the source (model.sig) or a URI; needs --public-key or --certificate-chain",
+    )
+    trust = parser.add_mutually_exclusive_group()
+    trust.add_argument(
+        "--public-key",
+        type=Path,
+        default=None,
+        metavar="PEM",
+        help="the trusted elliptic-curve public key of --signature",
+    )
+    trust.add_argument(
+        "--certificate-chain",
+        type=Path,
+        action="append",
+        default=None,
+        metavar="PEM",
+        help="trusted certificates the signing certificate must chain to (repeatable)",
+    )
     parser.add_argument("--cache", required=True, type=Path, help="cache root directory")
     parser.add_argument(
         "--termination-log",
@@ -119,7 +144,24 @@ def _request(args: argparse.Namespace) -> FetchRequest:
         quantization=args.quantization or base.quantization,
         files=tuple(args.files) if args.files else base.files,
         digests=digests,
+        signature=args.signature or base.signature,
     )
+
+
+def trust_anchor(
+    public_key: Path | None, certificate_chain: list[Path] | None, bundle: str | None
+) -> TrustAnchor | None:
+    """The trust anchor the flags name; a CliError when it and the bundle do not go together."""
+    if public_key is None and not certificate_chain:
+        if bundle:
+            raise CliError(
+                f"signature {bundle}: name its trusted key with --public-key PEM "
+                "or --certificate-chain PEM"
+            )
+        return None
+    if not bundle:
+        raise CliError("--public-key and --certificate-chain need a signature (--signature)")
+    return TrustAnchor(public_key=public_key, certificate_chain=tuple(certificate_chain or ()))
 
 
 def _write_termination(path: Path | None, payload: dict[str, Any], secrets: list[str]) -> None:
@@ -145,7 +187,8 @@ def run(args: argparse.Namespace) -> int:
             lock_stale_after=args.lock_stale_after,
             lock_heartbeat=max(0.05, min(5.0, args.lock_stale_after / 6)),
         )
-        result = fetch(request, args.cache, options=options)
+        trust = trust_anchor(args.public_key, args.certificate_chain, request.signature)
+        result = fetch(request, args.cache, options=options, trust=trust)
     except CliError as error:
         return _fail(args, str(error), INVALID_INPUT_REASON, EXIT_INVALID, secrets)
     except FetchError as error:

@@ -61,3 +61,10 @@ class LockLostError(FetchError):
 
     exit_code = 8
     reason = "CacheLockLost"
+
+
+class SignatureInvalidError(FetchError):
+    """A model signature that does not verify: another key, changed bytes, unsigned files."""
+
+    exit_code = 9
+    reason = "SignatureInvalid"

@@ -3,7 +3,10 @@
 ``fetch`` is what ``modeldeploy fetch`` (the init container, local mode) runs. A selection
 that is already complete in the cache returns at once; with a pinned revision that check
 needs no network at all. Otherwise one fetcher per (source, revision) downloads while the
-others wait on the lock and then find the marker.
+others wait on the lock and then find the marker. With a signature (``request.signature``
+and a ``trust`` anchor) the bundle is fetched and checked first, the files are compared
+with what it signs before they are published (``signature.py``), and the selection has its
+own marker, so a copy verified against another key (or none) never answers for it.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from modeldeploy.fetch.provenance import VerifiedFile, provenance_record
 from modeldeploy.fetch.request import FetchRequest
 
 if TYPE_CHECKING:
+    from modeldeploy.fetch.signature import TrustAnchor
     from modeldeploy.fetch.sources.base import Source
     from modeldeploy.resolution import ArtifactFile, Resolution
 
@@ -61,20 +65,25 @@ class FetchResult:
     cached: bool
     provenance_path: Path
     license: str | None = None
+    signature: Mapping[str, Any] | None = None  # the provenance's ``signature`` when verified
 
     def summary(self) -> dict[str, Any]:
         """The short JSON result for the termination message and the CLI."""
-        return {
+        out: dict[str, Any] = {
             "revision": self.revision,
             "path": str(self.path),
             "cached": self.cached,
             "bytesTransferred": self.bytes_transferred,
             "files": [{"name": f.name, "size": f.size, "sha256": f.sha256} for f in self.files],
         }
+        if self.signature:
+            keys = ("bundle", "kind", "identity", "issuer")
+            out["signature"] = {k: self.signature[k] for k in keys if self.signature.get(k)}
+        return out
 
 
 def _cached_result(
-    request: FetchRequest, entry: CacheEntry, record: Mapping[str, Any]
+    request: FetchRequest, entry: CacheEntry, record: Mapping[str, Any], selection: str
 ) -> FetchResult:
     files = tuple(
         VerifiedFile(e["name"], int(e["sizeBytes"]), e["sha256"], e.get("verifiedAgainst", "none"))
@@ -96,8 +105,9 @@ def _cached_result(
         files=files,
         bytes_transferred=0,
         cached=True,
-        provenance_path=entry.provenance_path(request.selection),
+        provenance_path=entry.provenance_path(selection),
         license=record.get("license"),
+        signature=record.get("signature"),
     )
 
 
@@ -107,18 +117,28 @@ def fetch(
     *,
     env: Mapping[str, str] | None = None,
     options: FetchOptions | None = None,
+    trust: TrustAnchor | None = None,
 ) -> FetchResult:
-    """Make the requested selection complete in the cache and return where it is."""
+    """Make the requested selection complete in the cache and return where it is.
+
+    ``trust`` is the anchor ``request.signature`` must verify against (both or neither).
+    """
     env = os.environ if env is None else env
     options = options or FetchOptions()
     started = utc_now()
     uri = request.uri
     selection = request.selection
+    if request.signature or trust is not None:
+        from modeldeploy.fetch.signature import check_request, signed_selection
+
+        check_request(request.signature, trust)
+        assert trust is not None
+        selection = signed_selection(selection, trust)
     if request.requested_revision:
         entry = CacheEntry(cache_root, uri.canonical, request.requested_revision)
         if (record := entry.lookup(selection)) is not None:
             log.info("%s@%s: already in the cache", uri.canonical, entry.revision)
-            return _cached_result(request, entry, record)
+            return _cached_result(request, entry, record, selection)
     # Imported here: a warm cache answers above without loading any client library.
     from modeldeploy.fetch.resolve import resolve
     from modeldeploy.fetch.sources import open_source
@@ -130,7 +150,7 @@ def fetch(
         entry = CacheEntry(cache_root, resolution.source, resolution.revision)
         if (record := entry.lookup(selection)) is not None:
             log.info("%s@%s: already in the cache", resolution.source, resolution.revision)
-            return _cached_result(request, entry, record)
+            return _cached_result(request, entry, record, selection)
         lock = CacheLock(
             entry.lock_path,
             heartbeat_interval=options.lock_heartbeat,
@@ -146,10 +166,10 @@ def fetch(
             log.info("%s@%s: another fetcher published it", resolution.source, resolution.revision)
             record = entry.lookup(selection)
             assert record is not None
-            return _cached_result(request, entry, record)
+            return _cached_result(request, entry, record, selection)
         try:
             if (record := entry.lookup(selection)) is not None:
-                return _cached_result(request, entry, record)
+                return _cached_result(request, entry, record, selection)
             return _download_and_publish(
                 request,
                 resolution,
@@ -158,6 +178,9 @@ def fetch(
                 lock=lock,
                 options=options,
                 started=started,
+                selection=selection,
+                trust=trust,
+                env=env,
             )
         finally:
             lock.release()
@@ -174,10 +197,22 @@ def _download_and_publish(
     lock: CacheLock,
     options: FetchOptions,
     started: str,
+    selection: str,
+    trust: TrustAnchor | None,
+    env: Mapping[str, str],
 ) -> FetchResult:
     entry.prepare()
+    signed = None
+    if trust is not None and request.signature:
+        # The bundle first: a missing or forged signature fails before any model byte moves.
+        from modeldeploy.fetch.signature import fetch_bundle, read_signed_manifest
+
+        bundle = fetch_bundle(request.signature, source, resolution.revision, entry.staging, env)
+        signed = read_signed_manifest(bundle, request.signature, trust)
+        signed.require_covered(resolution.files)
     known = entry.known_digests()
     verified: list[VerifiedFile] = []
+    fetched: set[str] = set()  # names brought into staging by this run
     transferred = 0
     label = f"fetch {resolution.source}@{resolution.revision}"
     with Progress(resolution.total_bytes, options.progress_interval, label) as progress:
@@ -199,6 +234,7 @@ def _download_and_publish(
             digest, moved = _fetch_file(
                 source, resolution.revision, file, entry=entry, options=options, progress=progress
             )
+            fetched.add(file.name)
             transferred += moved
             if expected is not None and digest != expected:
                 staged = entry.staging / file.name
@@ -210,6 +246,12 @@ def _download_and_publish(
                 )
             verified.append(VerifiedFile(file.name, file.size, digest, against))
         log.info("%s", progress.line())
+    signature = None
+    if signed is not None:
+        paths = {
+            f.name: (entry.staging if f.name in fetched else entry.path) / f.name for f in verified
+        }
+        signature = signed.verify(verified, paths, fetched)
     lock.check()
     record = provenance_record(
         resolution,
@@ -218,8 +260,9 @@ def _download_and_publish(
         bytes_transferred=transferred,
         started_at=started,
         finished_at=utc_now(),
+        signature=signature,
     )
-    entry.publish([f.name for f in verified], request.selection, record)
+    entry.publish([f.name for f in verified], selection, record)
     entry.discard_staging()
     log.info(
         "%s@%s: published %d file(s) in %s",
@@ -235,8 +278,9 @@ def _download_and_publish(
         files=tuple(verified),
         bytes_transferred=transferred,
         cached=False,
-        provenance_path=entry.provenance_path(request.selection),
+        provenance_path=entry.provenance_path(selection),
         license=resolution.license,
+        signature=signature,
     )
 
 

@@ -1,7 +1,8 @@
 """The provenance record of a fetch: where every byte came from and how it was checked.
 
 Written as JSON next to the published files (see cache.py) and summarised, within the
-4096 bytes Kubernetes allows, in the init container's termination message.
+4096 bytes Kubernetes allows, in the init container's termination message. A verified
+signature adds its bundle, the signer's identity and the trust anchor (``signature.py``).
 """
 
 from __future__ import annotations
@@ -45,9 +46,10 @@ def provenance_record(
     bytes_transferred: int,
     started_at: str,
     finished_at: str,
+    signature: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The provenance JSON document of one published selection."""
-    return {
+    """The provenance JSON document of one published selection (``signature`` if verified)."""
+    record: dict[str, Any] = {
         "apiVersion": "modeldeploy.io/v1alpha1",
         "kind": "ArtifactProvenance",
         "source": resolution.source,
@@ -72,6 +74,9 @@ def provenance_record(
         "fetcher": {"name": "modeldeploy", "version": fetcher_version()},
         "host": socket.gethostname(),
     }
+    if signature is not None:
+        record["signature"] = dict(signature)
+    return record
 
 
 def termination_message(payload: Mapping[str, Any], limit: int = TERMINATION_MESSAGE_LIMIT) -> str:
@@ -85,5 +90,6 @@ def termination_message(payload: Mapping[str, Any], limit: int = TERMINATION_MES
         data["filesOmitted"] = int(data.get("filesOmitted", 0)) + 1
         text = json.dumps(data, separators=(",", ":"))
     if len(text.encode()) > limit:
-        text = json.dumps({k: data[k] for k in ("revision", "error") if k in data})[:limit]
+        kept = ("revision", "error", "signature")
+        text = json.dumps({k: data[k] for k in kept if k in data})[:limit]
     return text

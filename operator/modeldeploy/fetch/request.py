@@ -27,6 +27,9 @@ class FetchRequest:
     quantization: str = "auto"
     files: tuple[str, ...] = ()
     digests: Mapping[str, str] = field(default_factory=dict)
+    # The signature bundle (``spec.model.signature.bundle``): a path inside the source or a
+    # URI. The trusted key is the fetcher's own input (``signature.TrustAnchor``).
+    signature: str | None = None
 
     @classmethod
     def from_model(cls, model: ModelSource, revision: str | None = None) -> FetchRequest:
@@ -38,6 +41,7 @@ class FetchRequest:
             quantization=model.quantization,
             files=tuple(model.files),
             digests=dict(model.digests),
+            signature=model.signature.bundle if model.signature else None,
         )
 
     @property

@@ -6,6 +6,9 @@ Service in front of it, as plain dicts in that order (apply order). Every child 
 the labels of docs/architecture.md §1 and, when the ModelDeployment's uid is known, a controller
 ownerReference to it. Pods meet the ``restricted`` Pod Security Standard. The pod
 template's hash is recorded in ``modeldeploy.io/spec-hash`` on the Deployment and the pods.
+Given a ``provenance.Provenance``, the Deployment carries its ``modeldeploy.io/``
+annotations and the pod template those of the served bytes. ``render/bom.py`` renders the
+ML-BOM ConfigMap.
 
 Pure and deterministic: the same inputs give the same objects, byte for byte once
 serialised.
@@ -23,7 +26,9 @@ from modeldeploy.api import GROUP_VERSION, KIND, ModelDeployment
 from modeldeploy.catalog import Accelerator
 from modeldeploy.config import OperatorConfig
 from modeldeploy.decision import Placement
+from modeldeploy.provenance import Provenance, pod_annotations, provenance_annotations
 from modeldeploy.render.autoscaler import render_autoscaler
+from modeldeploy.render.bom import render_bom_configmap
 from modeldeploy.render.fetch_init import fetch_init_container
 from modeldeploy.resolution import Resolution
 from modeldeploy.runtimes import (
@@ -64,6 +69,9 @@ class RenderInputs(NamedTuple):
     # The operator-native autoscaler's count; None: spec.replicas (clamped to the bounds
     # while autoscaling), or none at all where KEDA or an HPA owns the count.
     replicas: int | None = None
+    # Where the served bytes come from (provenance.py): its modeldeploy.io/ annotations go
+    # on the Deployment and, for the bytes themselves, on the pod template. None: none.
+    provenance: Provenance | None = None
 
 
 def labels(name: str, component: str, engine: str) -> dict[str, str]:
@@ -105,6 +113,9 @@ def render_objects(inputs: RenderInputs) -> list[dict[str, Any]]:
     autoscaler = render_autoscaler(inputs)
     if autoscaler is not None:
         objects.append(autoscaler)
+    # The CycloneDX ML-BOM of what is served (render/bom.py), once provenance is known.
+    if inputs.provenance is not None:
+        objects.append(render_bom_configmap(inputs))
     return objects
 
 
@@ -328,7 +339,9 @@ def render_pod_template(inputs: RenderInputs) -> dict[str, Any]:
                 "prometheus.io/scrape": "true",
                 "prometheus.io/port": str(config.port),
                 "prometheus.io/path": runtime_for(placement.engine).metrics_path,
-            },
+            }
+            # A new revision changes the template's hash, so the pods roll (provenance.py).
+            | (pod_annotations(inputs.provenance) if inputs.provenance else {}),
         },
         "spec": spec,
     }
@@ -357,7 +370,9 @@ def render_deployment(inputs: RenderInputs) -> dict[str, Any]:
     digest = spec_hash(template)
     template["metadata"]["annotations"][ANNOTATION_SPEC_HASH] = digest
     metadata = child_metadata(md, md.name, COMPONENT_SERVER, str(placement.engine))
-    metadata["annotations"] = {ANNOTATION_SPEC_HASH: digest}
+    metadata["annotations"] = {ANNOTATION_SPEC_HASH: digest} | (
+        provenance_annotations(inputs.provenance) if inputs.provenance else {}
+    )
     spec: dict[str, Any] = {}
     replicas = deployment_replicas(inputs)
     if replicas is not None:

@@ -3,7 +3,9 @@
 Credentials reach the init container only through ``secretKeyRef`` (optional keys, so one
 Secret can serve any scheme; the keys are ``fetch.envvars.SECRET_KEYS``); they never appear
 in arguments, annotations or status. ``fetch_init_container`` assembles the whole container
-the renderer puts first in the pod: the operator image's ``modeldeploy fetch``.
+the renderer puts first in the pod: the operator image's ``modeldeploy fetch``. With
+``spec.model.signature`` the trusted public key or certificate chain is mounted read-only
+from its Secret or ConfigMap (the operator itself never reads it) and passed as a path.
 """
 
 from __future__ import annotations
@@ -24,19 +26,27 @@ __all__ = [
     "GCS_MOUNT",
     "INIT_CONTAINER",
     "PVC_SOURCE_ROOT",
+    "SIGNATURE_MOUNT",
+    "SIGNATURE_VOLUME",
     "SOURCE_VOLUME",
     "TERMINATION_LOG",
     "fetch_command",
     "fetch_env",
     "fetch_init_container",
     "fetch_secret_volume",
+    "fetch_signature_volume",
     "served_path",
+    "signature_args",
 ]
 
 TERMINATION_LOG = "/dev/termination-log"
 GCS_MOUNT = "/var/run/secrets/modeldeploy/gcs"
 PVC_SOURCE_ROOT = "/mnt/pvc"  # sources.pvc's default MODELDEPLOY_PVC_ROOT
 SOURCE_VOLUME = "model-source"
+SIGNATURE_VOLUME = "model-signature-trust"
+SIGNATURE_MOUNT = "/var/run/secrets/modeldeploy/signature"
+PUBLIC_KEY_FILE = "public-key.pem"
+CERTIFICATE_CHAIN_FILE = "certificate-chain.pem"
 
 
 def fetch_command(
@@ -60,8 +70,46 @@ def fetch_command(
         argv += ["--file", glob]
     for name, digest in sorted(model.digests.items()):
         argv += ["--digest", f"{name}={digest}"]
+    argv += signature_args(model)
     argv += ["--termination-log", termination_log]
     return argv
+
+
+def signature_args(model: ModelSource, mount: str = SIGNATURE_MOUNT) -> list[str]:
+    """``--signature`` and the mounted trust anchor's flag, when ``spec.model.signature`` is set."""
+    signature = model.signature
+    if signature is None:
+        return []
+    if signature.public_key is not None:
+        return ["--signature", signature.bundle, "--public-key", f"{mount}/{PUBLIC_KEY_FILE}"]
+    chain = f"{mount}/{CERTIFICATE_CHAIN_FILE}"
+    return ["--signature", signature.bundle, "--certificate-chain", chain]
+
+
+def fetch_signature_volume(model: ModelSource) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """The volume holding the signature's public key or certificate chain and its mount.
+
+    Optional, so that a missing Secret, ConfigMap or key fails the fetch with a line saying
+    which file is missing (in the pod's status) rather than leaving the pod unstarted.
+    """
+    signature = model.signature
+    if signature is None:
+        return None
+    volume: dict[str, Any] = {"name": SIGNATURE_VOLUME}
+    if signature.public_key is not None:
+        key = signature.public_key
+        items = [{"key": key.key, "path": PUBLIC_KEY_FILE}]
+        if key.secret_name is not None:
+            volume["secret"] = {"secretName": key.secret_name, "items": items, "optional": True}
+        else:
+            volume["configMap"] = {"name": key.config_map_name, "items": items, "optional": True}
+    else:
+        assert signature.certificate_chain is not None
+        chain = signature.certificate_chain
+        items = [{"key": chain.key, "path": CERTIFICATE_CHAIN_FILE}]
+        volume["configMap"] = {"name": chain.config_map_name, "items": items, "optional": True}
+    mount = {"name": SIGNATURE_VOLUME, "mountPath": SIGNATURE_MOUNT, "readOnly": True}
+    return volume, mount
 
 
 def fetch_env(model: ModelSource) -> list[dict[str, Any]]:
@@ -124,8 +172,9 @@ def fetch_init_container(
     verified, its JSON result in the termination message; credentials only through
     ``secretKeyRef``; ``settings`` are non-secret endpoint variables passed on as values
     (the operator's own HF_ENDPOINT, AWS_ENDPOINT_URL, ...); a pvc:// source's claim is
-    mounted read-only at ``/mnt/pvc/CLAIM``, a gs:// key file from the Secret;
-    ``security_context`` is the model pods' container one (``OperatorConfig``).
+    mounted read-only at ``/mnt/pvc/CLAIM``, a gs:// key file from the Secret, a signature's
+    trust anchor from its Secret or ConfigMap; ``security_context`` is the model pods'
+    container one (``OperatorConfig``).
     """
     argv = fetch_command(model, cache_mount_path, revision=revision)
     mounts: list[dict[str, Any]] = [
@@ -133,10 +182,10 @@ def fetch_init_container(
         {"name": cache_volume, "mountPath": cache_mount_path},
     ]
     volumes: list[dict[str, Any]] = []
-    secret = fetch_secret_volume(model)
-    if secret is not None:
-        volumes.append(secret[0])
-        mounts.append(secret[1])
+    for extra in (fetch_secret_volume(model), fetch_signature_volume(model)):
+        if extra is not None:
+            volumes.append(extra[0])
+            mounts.append(extra[1])
     uri = parse_source(model.source)
     if uri.scheme == "pvc":
         claim = {"claimName": uri.authority, "readOnly": True}

@@ -51,6 +51,20 @@ def add_serve_parsers(commands: Any) -> None:
         type=Path,
         help="directory standing for mounted claims: pvc://CLAIM/PATH is PVC_ROOT/CLAIM/PATH",
     )
+    trust = serve.add_mutually_exclusive_group()
+    trust.add_argument(
+        "--public-key",
+        type=Path,
+        metavar="PEM",
+        help="the trusted public key of spec.model.signature (its Secret is the cluster's)",
+    )
+    trust.add_argument(
+        "--certificate-chain",
+        type=Path,
+        action="append",
+        metavar="PEM",
+        help="the trusted certificate chain of spec.model.signature (repeatable)",
+    )
     serve.set_defaults(handler=run_serve)
 
     runtime = commands.add_parser(
@@ -95,6 +109,7 @@ def run_serve_runtime(args: argparse.Namespace) -> int:
 def run_serve(args: argparse.Namespace) -> int:
     """``modeldeploy serve``: fetch, plan here, serve until interrupted."""
     from modeldeploy.api import SpecError
+    from modeldeploy.fetch.signature import TrustAnchor
     from modeldeploy.serve.launcher import LaunchError
     from modeldeploy.serve.local import LocalServeError, default_cache, serve_local
 
@@ -106,8 +121,15 @@ def run_serve(args: argparse.Namespace) -> int:
         md = parse_model_deployment_file(args.filename)
         if not md.name:
             raise CliError(f"{args.filename}: metadata.name is required")
+        trust = None
+        if args.public_key is not None or args.certificate_chain:
+            trust = TrustAnchor(args.public_key, tuple(args.certificate_chain or ()))
         return serve_local(
-            md, cache=(args.cache or default_cache()).resolve(), host=args.host, port=args.port
+            md,
+            cache=(args.cache or default_cache()).resolve(),
+            host=args.host,
+            port=args.port,
+            trust=trust,
         )
     except (CliError, SpecError, LocalServeError, LaunchError) as error:
         return fail("serve", str(error))

@@ -7,6 +7,10 @@ produces the container the operator would deploy, and its command runs through t
 launcher (``launcher.serve_runtime``) with the cache, the model path and the bind address
 of this machine. When ``/health`` answers, the OpenAI base URL is printed on stdout (one
 line, for scripts); everything else goes to stderr. Ctrl-C drains and stops.
+
+A spec with ``spec.model.signature`` is verified as the pod would verify it, against the
+trusted key or chain given here (``--public-key``/``--certificate-chain``: the Secret or
+ConfigMap the spec names lives in a cluster).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from modeldeploy.api import ModelDeployment
 from modeldeploy.catalog import ENGINES_FOR_FORMAT, Format
@@ -32,6 +36,9 @@ from modeldeploy.serve.launcher import Launch, LaunchError, engine_binary, serve
 from modeldeploy.serve.machine import local_node
 from modeldeploy.serve.model import read_gguf_info
 from modeldeploy.sizing import ModelArchitecture
+
+if TYPE_CHECKING:
+    from modeldeploy.fetch.signature import TrustAnchor
 
 log = logging.getLogger(__name__)
 
@@ -89,9 +96,20 @@ def prepare(
     port: int,
     env: dict[str, str],
     node: dict[str, Any] | None = None,
+    trust: TrustAnchor | None = None,
 ) -> Prepared:
-    """Plan here, check the engine exists, fetch, re-plan with the artifact, render."""
+    """Plan here, check the engine exists, fetch (verifying a signature), re-plan, render."""
     from modeldeploy.fetch import FetchError, FetchRequest, fetch
+
+    signature = md.spec.model.signature
+    if signature is not None and trust is None:
+        flag = "--public-key" if signature.public_key is not None else "--certificate-chain"
+        raise LocalServeError(
+            f"spec.model.signature is set: pass the trusted key with {flag} PEM "
+            "(the Secret or ConfigMap it names is read only in a cluster)"
+        )
+    if signature is None and trust is not None:
+        raise LocalServeError("--public-key/--certificate-chain need spec.model.signature")
 
     config = OperatorConfig(port=port)
     node = node or local_node()
@@ -102,7 +120,7 @@ def prepare(
         except LaunchError as error:
             raise LocalServeError(str(error)) from None
     try:
-        result = fetch(FetchRequest.from_model(md.spec.model), cache, env=env)
+        result = fetch(FetchRequest.from_model(md.spec.model), cache, env=env, trust=trust)
     except FetchError as error:
         raise LocalServeError(f"fetch failed: {error}") from None
     names = [f.name for f in result.files]
@@ -137,9 +155,11 @@ def prepare(
     return Prepared(placement, engine, list(container["args"]), run_env, model_path)
 
 
-def serve_local(md: ModelDeployment, *, cache: Path, host: str, port: int) -> int:
+def serve_local(
+    md: ModelDeployment, *, cache: Path, host: str, port: int, trust: TrustAnchor | None = None
+) -> int:
     """Fetch, plan and serve ``md`` here until interrupted; return the exit status."""
-    prepared = prepare(md, cache=cache, host=host, port=port, env=dict(os.environ))
+    prepared = prepare(md, cache=cache, host=host, port=port, env=dict(os.environ), trust=trust)
     decision = prepared.placement.decision()
     log.info(
         "%s: %s %s on %s (%s); %s",

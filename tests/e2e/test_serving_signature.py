@@ -1,0 +1,181 @@
+"""A signed GGUF changed after signing never reaches the engine (``spec.model.signature``).
+
+The tampered-file case of ``test_serving.py``, for a signature: a tiny real GGUF
+(``gguf.GGUFWriter``) is signed with an EC P-256 key by the ``model-signing`` library, one
+byte of it is flipped, and the flipped file and the bundle are served by the stand-in
+https:// mirror. The public key is a ConfigMap; the operator mounts it into the fetch init
+container, which the pod runner runs for real: the fetch fails with ``SignatureInvalid``
+(exit 9), llama-server never starts, and the pod's termination message, ``ArtifactVerified``
+and the Ready condition name the file. The API server's CEL rule refuses a signature with
+two trust anchors on the way.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import model_signing
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from e2e.harness import ClusterHandle, OperatorProcess, wait_until
+from e2e.mirror import ModelMirror
+from e2e.podrunner import PodRun, PodRunner, llama_server_dir
+from kubernetes import client
+from tests.unit.fetch.payloads import GgufFactory
+
+GROUP, VERSION, PLURAL = "modeldeploy.io", "v1alpha1", "modeldeployments"
+NAME = "signed"
+MODEL = "tiny-Q4_K_M.gguf"
+BUNDLE = "model.sig"
+KEYS = "model-signing-keys"
+
+
+@pytest.fixture
+def llama_server() -> Path:
+    """The pinned llama-server's directory; the test skips when it is not built."""
+    found = llama_server_dir()
+    if found is None:
+        pytest.skip("llama-server is not built: run `make llama-server` (about 6 minutes)")
+    return found
+
+
+def signed_then_tampered(directory: Path) -> tuple[Path, Path, bytes]:
+    """(the GGUF with one byte flipped, its bundle, the public key PEM)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    private = directory / "publisher.pem"
+    private.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    public = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    signed = directory / "signed"
+    signed.mkdir()
+    data = GgufFactory(directory).model("Q4_K_M", padding=50_000)
+    (signed / MODEL).write_bytes(data)
+    bundle = directory / BUNDLE
+    model_signing.signing.Config().use_elliptic_key_signer(private_key=private).sign(signed, bundle)
+    tampered = bytearray(data)
+    tampered[len(data) // 2] ^= 0x01
+    (signed / MODEL).write_bytes(bytes(tampered))
+    return signed / MODEL, bundle, public
+
+
+def deployment(mirror: ModelMirror, **signature: Any) -> dict[str, Any]:
+    """A small CPU GGUF ModelDeployment fetched from the mirror, with ``signature``."""
+    small = {"cpu": "2", "memory": "2Gi"}
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "ModelDeployment",
+        "metadata": {"name": NAME},
+        "spec": {
+            "model": {
+                "source": mirror.url(MODEL),
+                "parameters": "270M",
+                "format": "gguf",
+                "servedName": NAME,
+                "signature": {"bundle": BUNDLE, **signature},
+            },
+            "hardware": {"accelerator": "cpu"},
+            "serving": {
+                "contextLength": 1024,
+                "maxConcurrentRequests": 2,
+                "resources": {"requests": small, "limits": small},
+            },
+            "cache": {"size": "1Gi", "accessMode": "ReadWriteOnce"},
+        },
+    }
+
+
+def fetch_termination(core: client.CoreV1Api, namespace: str, pod: str) -> dict[str, Any]:
+    """The fetch init container's last termination message, as JSON ({} before it ends)."""
+    found = core.read_namespaced_pod(pod, namespace)
+    for status in found.status.init_container_statuses or []:
+        if status.name != "fetch":
+            continue
+        ended = (status.state and status.state.terminated) or (
+            status.last_state and status.last_state.terminated
+        )
+        if ended is not None and ended.message:
+            parsed: dict[str, Any] = json.loads(ended.message)
+            return parsed
+    return {}
+
+
+@pytest.mark.timeout(600)
+def test_a_signed_gguf_changed_after_signing_never_reaches_the_engine(
+    crd_cluster: ClusterHandle, namespace: str, llama_server: Path, tmp_path: Path
+) -> None:
+    if crd_cluster.workdir is None:
+        pytest.skip("the pod runner runs pods of the local control plane only")
+    model, bundle, public_key = signed_then_tampered(tmp_path)
+    api = crd_cluster.api_client()
+    core = client.CoreV1Api(api)
+    custom = client.CustomObjectsApi(api)
+    core.create_namespaced_config_map(
+        namespace,
+        {"metadata": {"name": KEYS}, "data": {"publisher.pub": public_key.decode()}},
+    )
+    key_ref = {"configMapName": KEYS, "key": "publisher.pub"}
+    with (
+        ModelMirror({MODEL: model, BUNDLE: bundle}) as mirror,
+        PodRunner(
+            crd_cluster.kubeconfig,
+            crd_cluster.workdir,
+            namespace=namespace,
+            node_env=mirror.plain_http_env(),
+            path_dirs=[llama_server],
+        ) as runner,
+    ):
+        # The CRD's CEL rule: exactly one trust anchor.
+        both = deployment(mirror, publicKey=key_ref, certificateChain=key_ref)
+        with pytest.raises(client.ApiException) as refused:
+            custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, both)
+        assert refused.value.status == 422
+        assert "exactly one of publicKey or certificateChain" in str(refused.value.body)
+
+        operator = OperatorProcess(
+            crd_cluster.kubeconfig, namespace, env=mirror.plain_http_env()
+        ).start()
+        try:
+            md = deployment(mirror, publicKey=key_ref)
+            custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, md)
+
+            def fetch_failed() -> PodRun | None:
+                runs = runner.runs()
+                return runs[0] if runs and runs[0].exits.get("fetch") else None
+
+            run = wait_until(fetch_failed, timeout=180, what="the fetch to fail")
+            assert run.exits["fetch"][0] == 9  # modeldeploy fetch: signature invalid
+            assert "llamacpp" not in run.pids  # the engine never starts
+
+            report = wait_until(
+                lambda: fetch_termination(core, namespace, run.name) or None,
+                timeout=60,
+                what="the fetch's termination message in the pod's status",
+            )
+            assert report["reason"] == "SignatureInvalid", report
+            assert report["error"].startswith(f"{MODEL}: its sha256 digest differs"), report
+            assert "nothing was published" in report["error"]
+
+            def reported() -> dict[str, Any] | None:
+                found: dict[str, Any] = custom.get_namespaced_custom_object(
+                    GROUP, VERSION, namespace, PLURAL, NAME
+                )
+                conditions = found.get("status", {}).get("conditions") or []
+                verified = next((c for c in conditions if c["type"] == "ArtifactVerified"), None)
+                return verified if verified and verified["status"] == "False" else None
+
+            verified = wait_until(reported, timeout=120, what="the failed signature in status")
+            assert verified["reason"] == "SignatureInvalid", verified
+            assert MODEL in verified["message"], verified
+            assert "llamacpp" not in runner.runs()[0].pids
+        finally:
+            operator.stop()
