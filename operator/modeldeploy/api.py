@@ -50,6 +50,9 @@ from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
 from modeldeploy import catalog
+from modeldeploy.wire import FieldRuleError as _FieldRuleError
+from modeldeploy.wire import SpecError as SpecError  # noqa: PLC0414 - api.SpecError stays
+from modeldeploy.wire import spec_error_from
 
 API_GROUP = "modeldeploy.io"
 API_VERSION = "v1alpha1"
@@ -155,24 +158,6 @@ GpuCount = Annotated[
     Literal["auto"] | Annotated[int, Field(ge=1)],
     _one_error("must be auto or an integer >= 1"),
 ]
-
-
-class SpecError(ValueError):
-    """A ModelDeployment that cannot be accepted, with the offending field's path."""
-
-    def __init__(self, field_path: str, message: str) -> None:
-        super().__init__(f"{field_path}: {message}" if field_path else message)
-        self.field_path = field_path
-        self.message = message
-
-
-class _FieldRuleError(ValueError):
-    """A cross-field rule broken inside one model; ``field`` is relative to that model."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(message)
-        self.field = field
-        self.message = message
 
 
 def _alias(name: str) -> str:
@@ -535,27 +520,14 @@ def parse_spec(obj: object) -> ModelDeploymentSpec:
 
 
 def _spec_error_from(error: ValidationError, prefix: tuple[str, ...] = ()) -> SpecError:
-    """Condense a pydantic ValidationError into one SpecError about its first problem."""
-    problems = error.errors(include_url=False)
-    first = problems[0]
-    location: tuple[str | int, ...] = prefix + tuple(first["loc"])
-    message = first["msg"]
-    cause = (first.get("ctx") or {}).get("error")
-    if isinstance(cause, _FieldRuleError):
-        location = (*location, *cause.field.split("."))
-        message = cause.message
-    elif first["type"] == "extra_forbidden":
-        allowed = _allowed_fields(location[len(prefix) :], root=_root_for(prefix))
-        message = "unknown field" + (f"; allowed: {', '.join(allowed)}" if allowed else "")
-    elif first["type"] == "missing":
-        message = "required field is missing"
-    elif first["type"] == "string_pattern_mismatch":
-        message = _pattern_message(location, first["input"])
-    elif first["type"] == "value_error" and message.startswith("Value error, "):
-        message = message.removeprefix("Value error, ")
-    if len(problems) > 1:
-        message += f" (and {len(problems) - 1} more problem{'s' if len(problems) > 2 else ''})"
-    return SpecError(_format_path(location), message)
+    """One SpecError about the first problem pydantic found (``wire.spec_error_from``)."""
+    return spec_error_from(
+        error,
+        root=_root_for(prefix),
+        alias=_alias,
+        pattern_message=_pattern_message,
+        prefix=prefix,
+    )
 
 
 def _root_for(prefix: tuple[str, ...]) -> type[BaseModel]:
@@ -586,42 +558,3 @@ def _pattern_message(location: tuple[str | int, ...], value: object) -> str:
     if len(location) >= 3 and location[-3] in {"requests", "limits"}:
         return f"{shown} must be a Kubernetes quantity such as 4, 500m or 16Gi"
     return f"{shown} does not match the allowed pattern"
-
-
-def _allowed_fields(location: tuple[str | int, ...], root: type[BaseModel]) -> list[str]:
-    """The wire names allowed in the object that holds the last element of ``location``."""
-    current: type[BaseModel] | None = root
-    for part in location[:-1]:
-        if current is None:
-            return []
-        if isinstance(part, int):
-            continue
-        field = next(
-            (info for name, info in current.model_fields.items() if _alias(name) == part), None
-        )
-        current = None if field is None else _model_in(field.annotation)
-    if current is None:
-        return []
-    return [_alias(name) for name in current.model_fields]
-
-
-def _model_in(annotation: object) -> type[BaseModel] | None:
-    """The pydantic model inside an annotation such as ``Foo``, ``list[Foo]``, ``Foo | None``."""
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for argument in get_args(annotation):
-        found = _model_in(argument)
-        if found is not None:
-            return found
-    return None
-
-
-def _format_path(location: tuple[str | int, ...]) -> str:
-    """Render a location as ``spec.hardware.tolerations[0].operator``."""
-    path = ""
-    for part in location:
-        if isinstance(part, int):
-            path += f"[{part}]"
-        else:
-            path += ("." if path else "") + str(part)
-    return path

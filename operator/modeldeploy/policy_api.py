@@ -24,7 +24,9 @@ from typing import Annotated, Any, Literal, get_args
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.alias_generators import to_camel
 
-from modeldeploy.api import SOURCE_PATTERN, SpecError
+from modeldeploy.api import SOURCE_PATTERN
+from modeldeploy.wire import FieldRuleError as _FieldRuleError
+from modeldeploy.wire import SpecError, spec_error_from
 
 KIND = "ModelPolicy"
 PLURAL = "modelpolicies"
@@ -61,15 +63,6 @@ LABEL_VALUE_MAX = 63
 def _alias(name: str) -> str:
     """Return the camelCase wire name of a snake_case attribute."""
     return to_camel(name)
-
-
-class _FieldRuleError(ValueError):
-    """A cross-field rule broken inside one model; ``field`` is relative to that model."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(message)
-        self.field = field
-        self.message = message
 
 
 class _PolicyModel(BaseModel):
@@ -276,27 +269,8 @@ def parse_model_policy(obj: object) -> ModelPolicy:
 
 
 def _spec_error_from(error: ValidationError) -> SpecError:
-    """Condense a pydantic ValidationError into one SpecError about its first problem."""
-    problems = error.errors(include_url=False)
-    first = problems[0]
-    location: tuple[str | int, ...] = tuple(first["loc"])
-    message = first["msg"]
-    cause = (first.get("ctx") or {}).get("error")
-    if isinstance(cause, _FieldRuleError):
-        location = (*location, *(part for part in cause.field.split(".") if part))
-        message = cause.message
-    elif first["type"] == "extra_forbidden":
-        allowed = _allowed_fields(location)
-        message = "unknown field" + (f"; allowed: {', '.join(allowed)}" if allowed else "")
-    elif first["type"] == "missing":
-        message = "required field is missing"
-    elif first["type"] == "string_pattern_mismatch":
-        message = _pattern_message(location, first["input"])
-    elif first["type"] == "value_error" and message.startswith("Value error, "):
-        message = message.removeprefix("Value error, ")
-    if len(problems) > 1:
-        message += f" (and {len(problems) - 1} more problem{'s' if len(problems) > 2 else ''})"
-    return SpecError(_format_path(location), message)
+    """One SpecError about the first problem pydantic found (``wire.spec_error_from``)."""
+    return spec_error_from(error, root=ModelPolicy, alias=_alias, pattern_message=_pattern_message)
 
 
 def _pattern_message(location: tuple[str | int, ...], value: object) -> str:
@@ -317,42 +291,3 @@ def _pattern_message(location: tuple[str | int, ...], value: object) -> str:
     if "matchLabels" in location or field == "values":
         return f"{shown} must be a label value: at most 63 alphanumerics, '-', '_' or '.'"
     return f"{shown} does not match the allowed pattern"
-
-
-def _allowed_fields(location: tuple[str | int, ...]) -> list[str]:
-    """The wire names allowed in the object that holds the last element of ``location``."""
-    current: type[BaseModel] | None = ModelPolicy
-    for part in location[:-1]:
-        if current is None:
-            return []
-        if isinstance(part, int):
-            continue
-        field = next(
-            (info for name, info in current.model_fields.items() if _alias(name) == part), None
-        )
-        current = None if field is None else _model_in(field.annotation)
-    if current is None:
-        return []
-    return [_alias(name) for name in current.model_fields]
-
-
-def _model_in(annotation: object) -> type[BaseModel] | None:
-    """The pydantic model inside an annotation such as ``Foo``, ``list[Foo]``, ``Foo | None``."""
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for argument in get_args(annotation):
-        found = _model_in(argument)
-        if found is not None:
-            return found
-    return None
-
-
-def _format_path(location: tuple[str | int, ...]) -> str:
-    """Render a location as ``spec.namespaceSelector.matchExpressions[0].values``."""
-    path = ""
-    for part in location:
-        if isinstance(part, int):
-            path += f"[{part}]"
-        else:
-            path += ("." if path else "") + str(part)
-    return path

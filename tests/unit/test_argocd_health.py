@@ -108,3 +108,22 @@ def test_argocd_cm_snippet_carries_the_same_script() -> None:
     configmap = yaml.safe_load((HEALTH_LUA.parent / "argocd-cm.yaml").read_text())
     key = "resource.customizations.health.modeldeploy.io_ModelDeployment"
     assert configmap["data"][key] == HEALTH_LUA.read_text()
+
+
+def test_a_model_blocked_by_a_policy_is_degraded_with_the_violation() -> None:
+    # What the operator writes when a violated enforce ModelPolicy blocks a running model.
+    obj = load("ready.json")
+    message = (
+        "blocked: 1 violation: strict: allowedSources: spec.model.source: ...; allowed: hf://Qwen/*"
+    )
+    obj["status"]["phase"] = "Blocked"
+    ready = conditions(obj)["Ready"]
+    ready.update(status="False", reason="PolicyViolation", message=message)
+    generation = obj["metadata"]["generation"]
+    obj["status"]["conditions"].append(
+        {"type": "Compliant", "status": "False", "reason": "PolicyViolation",
+         "message": message, "observedGeneration": generation}
+    )  # fmt: skip
+    result = health(obj)
+    assert result["status"] == "Degraded"
+    assert result["message"].startswith("PolicyViolation: blocked: 1 violation: strict")
