@@ -39,7 +39,6 @@ from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
     BaseModel,
-    ConfigDict,
     Field,
     ValidationError,
     ValidatorFunctionWrapHandler,
@@ -52,7 +51,7 @@ from pydantic_core import PydanticCustomError
 from modeldeploy import catalog
 from modeldeploy.wire import FieldRuleError as _FieldRuleError
 from modeldeploy.wire import SpecError as SpecError  # noqa: PLC0414 - api.SpecError stays
-from modeldeploy.wire import spec_error_from
+from modeldeploy.wire import spec_error_from, wire_config
 
 API_GROUP = "modeldeploy.io"
 API_VERSION = "v1alpha1"
@@ -168,15 +167,7 @@ def _alias(name: str) -> str:
 class _ApiModel(BaseModel):
     """Base of every API model: frozen, strict, camelCase on the wire, unknown fields refused."""
 
-    model_config = ConfigDict(
-        extra="forbid",
-        frozen=True,
-        strict=True,
-        alias_generator=_alias,
-        validate_by_name=True,
-        validate_by_alias=True,
-        serialize_by_alias=True,
-    )
+    model_config = wire_config(_alias)
 
 
 def parse_parameter_count(text: str) -> float:

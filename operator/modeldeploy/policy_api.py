@@ -21,12 +21,12 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, model_validator
 from pydantic.alias_generators import to_camel
 
 from modeldeploy.api import SOURCE_PATTERN
 from modeldeploy.wire import FieldRuleError as _FieldRuleError
-from modeldeploy.wire import SpecError, spec_error_from
+from modeldeploy.wire import SpecError, spec_error_from, wire_config
 
 KIND = "ModelPolicy"
 PLURAL = "modelpolicies"
@@ -60,23 +60,13 @@ QUALIFIED_NAME_MAX = 317  # a 253-character prefix, "/", a 63-character name
 LABEL_VALUE_MAX = 63
 
 
-def _alias(name: str) -> str:
-    """Return the camelCase wire name of a snake_case attribute."""
-    return to_camel(name)
+_alias = to_camel  # camelCase wire names of snake_case attributes
 
 
 class _PolicyModel(BaseModel):
     """Base of every policy model: frozen, strict, camelCase on the wire, unknown fields refused."""
 
-    model_config = ConfigDict(
-        extra="forbid",
-        frozen=True,
-        strict=True,
-        alias_generator=_alias,
-        validate_by_name=True,
-        validate_by_alias=True,
-        serialize_by_alias=True,
-    )
+    model_config = wire_config(_alias)
 
 
 def qualified_name_problem(key: str) -> str | None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import get_args
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 Location = tuple[str | int, ...]
 
@@ -29,6 +29,20 @@ class FieldRuleError(ValueError):
         super().__init__(message)
         self.field = field
         self.message = message
+
+
+def wire_config(alias: Callable[[str], str]) -> ConfigDict:
+    """The models' configuration: frozen, strict, ``alias`` names on the wire (either name
+    accepted in Python), unknown fields refused."""
+    return ConfigDict(
+        extra="forbid",
+        frozen=True,
+        strict=True,
+        alias_generator=alias,
+        validate_by_name=True,
+        validate_by_alias=True,
+        serialize_by_alias=True,
+    )
 
 
 def spec_error_from(

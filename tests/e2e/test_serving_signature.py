@@ -1,4 +1,5 @@
-"""A signed GGUF changed after signing never reaches the engine (``spec.model.signature``).
+"""Signed models (``spec.model.signature``): a signed GGUF is verified and served; one
+changed after signing never reaches the engine.
 
 The tampered-file case of ``test_serving.py``, for a signature: a tiny real GGUF
 (``gguf.GGUFWriter``) is signed with an EC P-256 key by the ``model-signing`` library, one
@@ -13,15 +14,19 @@ two trust anchors on the way.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
+import httpx
 import model_signing
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from e2e.harness import ClusterHandle, OperatorProcess, wait_until
 from e2e.mirror import ModelMirror
+from e2e.models import GEMMA_FILE, ensure_gemma
 from e2e.podrunner import PodRun, PodRunner, llama_server_dir
 from kubernetes import client
 from tests.unit.fetch.payloads import GgufFactory
@@ -177,5 +182,106 @@ def test_a_signed_gguf_changed_after_signing_never_reaches_the_engine(
             assert verified["reason"] == "SignatureInvalid", verified
             assert MODEL in verified["message"], verified
             assert "llamacpp" not in runner.runs()[0].pids
+        finally:
+            operator.stop()
+
+
+def signed_gemma(directory: Path) -> tuple[Path, Path, bytes]:
+    """(the real gemma 270M GGUF, its bundle signed here with a new EC P-256 key, the key)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    private = directory / "publisher.pem"
+    private.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    public = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    signed = directory / "gemma"
+    signed.mkdir()
+    model = signed / GEMMA_FILE
+    try:
+        os.link(ensure_gemma(), model)  # the same bytes, without a 250 MB copy
+    except OSError:
+        shutil.copyfile(ensure_gemma(), model)
+    bundle = directory / BUNDLE
+    model_signing.signing.Config().use_elliptic_key_signer(private_key=private).sign(signed, bundle)
+    return model, bundle, public
+
+
+@pytest.mark.timeout(900)
+def test_a_signed_gguf_is_verified_then_served(
+    crd_cluster: ClusterHandle, namespace: str, llama_server: Path, tmp_path: Path
+) -> None:
+    if crd_cluster.workdir is None:
+        pytest.skip("the pod runner runs pods of the local control plane only")
+    model, bundle, public_key = signed_gemma(tmp_path)
+    api = crd_cluster.api_client()
+    core = client.CoreV1Api(api)
+    custom = client.CustomObjectsApi(api)
+    core.create_namespaced_config_map(
+        namespace,
+        {"metadata": {"name": KEYS}, "data": {"publisher.pub": public_key.decode()}},
+    )
+    key_ref = {"configMapName": KEYS, "key": "publisher.pub"}
+    with (
+        ModelMirror({GEMMA_FILE: model, BUNDLE: bundle}) as mirror,
+        PodRunner(
+            crd_cluster.kubeconfig,
+            crd_cluster.workdir,
+            namespace=namespace,
+            node_env=mirror.plain_http_env(),
+            path_dirs=[llama_server],
+        ) as runner,
+    ):
+        operator = OperatorProcess(
+            crd_cluster.kubeconfig, namespace, env=mirror.plain_http_env()
+        ).start()
+        try:
+            md = deployment(mirror, publicKey=key_ref)
+            md["spec"]["model"]["source"] = mirror.url(GEMMA_FILE)
+            custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, md)
+
+            def serving() -> PodRun | None:
+                runs = runner.runs()
+                return runs[0] if runs and "llamacpp" in runs[0].pids else None
+
+            run = wait_until(serving, timeout=600, what="the engine to start after the fetch")
+            assert run.exits.get("fetch") == [0], run  # verified, then published
+            pod = core.read_namespaced_pod(run.name, namespace)
+            base = f"http://{pod.status.pod_ip}:8000"
+
+            def healthy() -> bool:
+                try:
+                    return httpx.get(f"{base}/health", timeout=2).status_code == 200
+                except httpx.HTTPError:
+                    return False
+
+            wait_until(healthy, timeout=600, what="llama-server's /health")
+            answer = httpx.post(
+                f"{base}/v1/chat/completions",
+                json={
+                    "model": NAME,
+                    "messages": [{"role": "user", "content": "Say hello."}],
+                    "max_tokens": 8,
+                    "temperature": 0,
+                },
+                timeout=300,
+            )
+            assert answer.status_code == 200, answer.text
+
+            def verified() -> dict[str, Any] | None:
+                found: dict[str, Any] = custom.get_namespaced_custom_object(
+                    GROUP, VERSION, namespace, PLURAL, NAME
+                )
+                conditions = found.get("status", {}).get("conditions") or []
+                signed = next((c for c in conditions if c["type"] == "SignatureVerified"), None)
+                return signed if signed and signed["status"] == "True" else None
+
+            condition = wait_until(verified, timeout=120, what="SignatureVerified=True")
+            assert condition["reason"] == "Verified" and "sha256:" in condition["message"]
         finally:
             operator.stop()
