@@ -217,6 +217,36 @@ def artifact_condition(
     return "Unknown", state.reason, state.message
 
 
+def verified_signer(
+    model: ModelSource, state: ArtifactState | None, pods: Sequence[Mapping[str, Any]]
+) -> str | None:
+    """Who signed the served files (key fingerprint or certificate subject), as a pod's
+    fetcher verified them; None until one did, or without a signature."""
+    found = _verified_report(model, state, pods)
+    return str(found[1]["identity"]) if found is not None else None
+
+
+def _verified_report(
+    model: ModelSource, state: ArtifactState | None, pods: Sequence[Mapping[str, Any]]
+) -> tuple[Any, Mapping[str, Any]] | None:
+    """The first fetch report that verified the signature for the resolved revision."""
+    if model.signature is None:
+        return None
+    revision = state.resolution.revision if state and state.resolution else None
+    for report in fetch_reports(pods):
+        verified = report.result.get("signature")
+        fetched = report.result.get("revision")
+        if (
+            report.exit_code == 0
+            and isinstance(verified, Mapping)
+            and verified.get("identity")
+            and fetched
+            and (revision is None or fetched == revision)
+        ):
+            return report, verified
+    return None
+
+
 def signature_condition(
     model: ModelSource, state: ArtifactState | None, pods: Sequence[Mapping[str, Any]]
 ) -> tuple[str, str, str] | None:
@@ -230,32 +260,24 @@ def signature_condition(
     signature = model.signature
     if signature is None:
         return None
-    revision = state.resolution.revision if state and state.resolution else None
     invalid = SignatureInvalidError.reason
     for report in fetch_reports(pods):
-        reason = str(report.result.get("reason") or "")
-        if report.exit_code != 0 and reason == invalid:
+        if report.exit_code != 0 and str(report.result.get("reason") or "") == invalid:
             error = report.result.get("error") or f"exited {report.exit_code}"
             return "False", invalid, f"pod {report.pod}: {error}"
-        verified = report.result.get("signature")
-        fetched = report.result.get("revision")
-        if (
-            report.exit_code == 0
-            and isinstance(verified, Mapping)
-            and verified.get("identity")
-            and fetched
-            and (revision is None or fetched == revision)
-        ):
-            count = len(report.result.get("files") or [])
-            noun = "file" if count == 1 else "files"
-            signer = str(verified["identity"])
-            if verified.get("kind") == "publicKey":
-                signer = f"key {signer}"
-            message = (
-                f"pod {report.pod} verified {count} {noun} of {fetched} against "
-                f"{verified.get('bundle') or signature.bundle}, signed by {signer}"
-            )
-            return "True", "Verified", message
+    found = _verified_report(model, state, pods)
+    if found is not None:
+        report, verified = found
+        count = len(report.result.get("files") or [])
+        noun = "file" if count == 1 else "files"
+        signer = str(verified["identity"])
+        if verified.get("kind") == "publicKey":
+            signer = f"key {signer}"
+        message = (
+            f"pod {report.pod} verified {count} {noun} of {report.result.get('revision')} "
+            f"against {verified.get('bundle') or signature.bundle}, signed by {signer}"
+        )
+        return "True", "Verified", message
     anchor = "public key" if signature.public_key is not None else "certificate chain"
     return (
         "Unknown",

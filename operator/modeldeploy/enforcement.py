@@ -29,9 +29,12 @@ class Verdict:
 
 
 def resolved_facts(
-    artifact: ArtifactState | None, engine: str | None, accelerator: str | None
+    artifact: ArtifactState | None,
+    engine: str | None,
+    accelerator: str | None,
+    signature_identity: str | None = None,
 ) -> ResolvedFacts | None:
-    """The facts resolution gave (None before the source was resolved)."""
+    """The facts resolution (and a pod's verified signature) gave; None before resolution."""
     resolution = artifact.resolution if artifact is not None else None
     if resolution is None:
         return None
@@ -39,6 +42,7 @@ def resolved_facts(
         license=resolution.license,
         file_digests={f.name: f.sha256 or "" for f in resolution.files},
         revision=resolution.revision,
+        signature_identity=signature_identity,
         engine=engine,
         accelerator=accelerator,
     )

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from modeldeploy.api import ModelDeployment, SpecError, parse_model_deployment
-from modeldeploy.artifacts import ArtifactState, signature_condition
+from modeldeploy.artifacts import ArtifactState, signature_condition, verified_signer
 from modeldeploy.clock import utc_now
 from modeldeploy.compliance import applying_policies, evaluate
 from modeldeploy.config import OperatorConfig
@@ -246,7 +246,10 @@ def reconcile(
         artifact=artifact,
     )
     if parsed is not None and not isinstance(outcome, Refusal):
-        provenance = provenance_from(parsed, resolution, policy=_policy_ref(view))
+        signer = verified_signer(parsed.spec.model, artifact, view.pods)
+        provenance = provenance_from(
+            parsed, resolution, policy=_policy_ref(view), signature_identity=signer
+        )
         bom = next((o for o in desired if o["kind"] == "ConfigMap"), None)
         status["provenance"] = provenance_status(
             provenance,
@@ -314,7 +317,12 @@ def _judge(
     """The policies' verdict on this pass, with what resolution and planning learnt."""
     if not view.policies:
         return None
-    facts = resolved_facts(artifact, decision.get("engine"), decision.get("accelerator"))
+    facts = resolved_facts(
+        artifact,
+        decision.get("engine"),
+        decision.get("accelerator"),
+        verified_signer(md.spec.model, artifact, view.pods),
+    )
     return verdict(evaluate(view.policies, view.namespace_labels, md, facts))
 
 
