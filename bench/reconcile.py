@@ -4,7 +4,7 @@ Creates N ModelDeployments at once (N=1 and N=200 by default) in a fresh namespa
 prints, as JSON per N: p50/p99 seconds from create to the Deployment existing and to
 ``Ready``, total wall time, the operator's peak RSS, reconcile passes, and API write calls
 (the operator's own counter, and every write of the operator's user agents in the API
-server's audit log, Kopf's finalizer and annotation patches included) per ModelDeployment.
+server's audit log, Kopf's own annotation patches included) per ModelDeployment.
 
 The cluster gets its own node pool (one large CPU node that admits 500 pods): the point
 is the operator, not the scheduler's bin-packing of 200 pods onto the simulated pool.
