@@ -16,6 +16,7 @@ from e2e.cluster.keda import SCALED_OBJECT_CRD_NAME, keda_scaled_object_crd
 from e2e.cluster.local import POD_CIDR, REPO, LocalCluster
 from e2e.cluster.tools import control_plane_bin_dir
 from e2e.harness import ClusterHandle, existing_cluster, install_crds, wait_until
+from e2e.podrunner import llama_server_dir
 from kubernetes import client
 
 KEDA_DEADLINE_SECONDS = 60
@@ -151,6 +152,15 @@ def keda_cluster(crd_cluster: ClusterHandle) -> Iterator[ClusterHandle]:
             return found.returncode != 0 and "NotFound" in found.stderr
 
         wait_until(gone, KEDA_DEADLINE_SECONDS, f"CRD {SCALED_OBJECT_CRD_NAME} deleted")
+
+
+@pytest.fixture
+def llama_server() -> Path:
+    """The pinned llama-server's directory; the test skips when it is not built."""
+    found = llama_server_dir()
+    if found is None:
+        pytest.skip("llama-server is not built: run `make llama-server` (about 6 minutes)")
+    return found
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

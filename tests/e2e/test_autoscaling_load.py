@@ -26,7 +26,7 @@ from e2e.harness import ClusterHandle, ModelDeploymentApi, OperatorProcess, wait
 from e2e.load import LoadGenerator, ready_pods
 from e2e.mirror import ModelMirror
 from e2e.models import GEMMA_FILE, GEMMA_SHA256, ensure_gemma
-from e2e.podrunner import PodRunner, llama_server_dir
+from e2e.podrunner import PodRunner
 from prometheus_client.parser import text_string_to_metric_families
 
 NAME = "gemma"
@@ -37,15 +37,6 @@ PEAK_CONCURRENCY = 8
 MAX_TOKENS = 48  # about 3 s per request for 2 slots on one thread: a queue builds up
 
 pytestmark = pytest.mark.runtime  # the real llama-server on the gemma 270M model
-
-
-@pytest.fixture
-def llama_server() -> Path:
-    """The pinned llama-server's directory; the test skips when it is not built."""
-    found = llama_server_dir()
-    if found is None:
-        pytest.skip("llama-server is not built: run `make llama-server` (about 6 minutes)")
-    return found
 
 
 @pytest.fixture

@@ -25,22 +25,13 @@ from e2e.cluster.local import REPO
 from e2e.harness import ClusterHandle, OperatorProcess, wait_until
 from e2e.mirror import ModelMirror
 from e2e.models import GEMMA_FILE, GEMMA_SHA256, ensure_gemma
-from e2e.podrunner import PodRun, PodRunner, descendants, llama_server_dir, pid_alive
+from e2e.podrunner import PodRun, PodRunner, descendants, pid_alive
 from kubernetes import client
 from prometheus_client.parser import text_string_to_metric_families
 
 GROUP, VERSION, PLURAL = "modeldeploy.io", "v1alpha1", "modeldeployments"
 NAME = "gemma"
 PORT = 8000
-
-
-@pytest.fixture
-def llama_server() -> Path:
-    """The pinned llama-server's directory; the test skips when it is not built."""
-    found = llama_server_dir()
-    if found is None:
-        pytest.skip("llama-server is not built: run `make llama-server` (about 6 minutes)")
-    return found
 
 
 @pytest.fixture

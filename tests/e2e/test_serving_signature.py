@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from e2e.harness import ClusterHandle, OperatorProcess, wait_until
 from e2e.mirror import ModelMirror
 from e2e.models import GEMMA_FILE, ensure_gemma
-from e2e.podrunner import PodRun, PodRunner, llama_server_dir
+from e2e.podrunner import PodRun, PodRunner
 from kubernetes import client
 from tests.unit.fetch.payloads import GgufFactory
 
@@ -38,17 +38,8 @@ BUNDLE = "model.sig"
 KEYS = "model-signing-keys"
 
 
-@pytest.fixture
-def llama_server() -> Path:
-    """The pinned llama-server's directory; the test skips when it is not built."""
-    found = llama_server_dir()
-    if found is None:
-        pytest.skip("llama-server is not built: run `make llama-server` (about 6 minutes)")
-    return found
-
-
-def signed_then_tampered(directory: Path) -> tuple[Path, Path, bytes]:
-    """(the GGUF with one byte flipped, its bundle, the public key PEM)."""
+def publisher_key(directory: Path) -> tuple[Path, bytes]:
+    """A new EC P-256 signing key: (its private PEM file, the public key PEM)."""
     key = ec.generate_private_key(ec.SECP256R1())
     private = directory / "publisher.pem"
     private.write_bytes(
@@ -61,6 +52,12 @@ def signed_then_tampered(directory: Path) -> tuple[Path, Path, bytes]:
     public = key.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
+    return private, public
+
+
+def signed_then_tampered(directory: Path) -> tuple[Path, Path, bytes]:
+    """(the GGUF with one byte flipped, its bundle, the public key PEM)."""
+    private, public = publisher_key(directory)
     signed = directory / "signed"
     signed.mkdir()
     data = GgufFactory(directory).model("Q4_K_M", padding=50_000)
@@ -188,18 +185,7 @@ def test_a_signed_gguf_changed_after_signing_never_reaches_the_engine(
 
 def signed_gemma(directory: Path) -> tuple[Path, Path, bytes]:
     """(the real gemma 270M GGUF, its bundle signed here with a new EC P-256 key, the key)."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    private = directory / "publisher.pem"
-    private.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    public = key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
+    private, public = publisher_key(directory)
     signed = directory / "gemma"
     signed.mkdir()
     model = signed / GEMMA_FILE
