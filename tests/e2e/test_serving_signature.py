@@ -13,9 +13,11 @@ two trust anchors on the way.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +98,33 @@ def deployment(mirror: ModelMirror, **signature: Any) -> dict[str, Any]:
     }
 
 
+def trusted_key(core: client.CoreV1Api, namespace: str, public_key: bytes) -> dict[str, str]:
+    """Put the public key in a ConfigMap; the ``publicKey`` reference to it."""
+    core.create_namespaced_config_map(
+        namespace,
+        {"metadata": {"name": KEYS}, "data": {"publisher.pub": public_key.decode()}},
+    )
+    return {"configMapName": KEYS, "key": "publisher.pub"}
+
+
+@contextlib.contextmanager
+def served(
+    cluster: ClusterHandle, namespace: str, files: dict[str, Path], llama_server: Path
+) -> Iterator[tuple[ModelMirror, PodRunner]]:
+    """The mirror serving ``files`` and the pod runner running this namespace's pods."""
+    with (
+        ModelMirror(files) as mirror,
+        PodRunner(
+            cluster.kubeconfig,
+            cluster.workdir,
+            namespace=namespace,
+            node_env=mirror.plain_http_env(),
+            path_dirs=[llama_server],
+        ) as runner,
+    ):
+        yield mirror, runner
+
+
 def fetch_termination(core: client.CoreV1Api, namespace: str, pod: str) -> dict[str, Any]:
     """The fetch init container's last termination message, as JSON ({} before it ends)."""
     found = core.read_namespaced_pod(pod, namespace)
@@ -121,20 +150,10 @@ def test_a_signed_gguf_changed_after_signing_never_reaches_the_engine(
     api = crd_cluster.api_client()
     core = client.CoreV1Api(api)
     custom = client.CustomObjectsApi(api)
-    core.create_namespaced_config_map(
-        namespace,
-        {"metadata": {"name": KEYS}, "data": {"publisher.pub": public_key.decode()}},
-    )
-    key_ref = {"configMapName": KEYS, "key": "publisher.pub"}
-    with (
-        ModelMirror({MODEL: model, BUNDLE: bundle}) as mirror,
-        PodRunner(
-            crd_cluster.kubeconfig,
-            crd_cluster.workdir,
-            namespace=namespace,
-            node_env=mirror.plain_http_env(),
-            path_dirs=[llama_server],
-        ) as runner,
+    key_ref = trusted_key(core, namespace, public_key)
+    with served(crd_cluster, namespace, {MODEL: model, BUNDLE: bundle}, llama_server) as (
+        mirror,
+        runner,
     ):
         # The CRD's CEL rule: exactly one trust anchor.
         both = deployment(mirror, publicKey=key_ref, certificateChain=key_ref)
@@ -208,20 +227,10 @@ def test_a_signed_gguf_is_verified_then_served(
     api = crd_cluster.api_client()
     core = client.CoreV1Api(api)
     custom = client.CustomObjectsApi(api)
-    core.create_namespaced_config_map(
-        namespace,
-        {"metadata": {"name": KEYS}, "data": {"publisher.pub": public_key.decode()}},
-    )
-    key_ref = {"configMapName": KEYS, "key": "publisher.pub"}
-    with (
-        ModelMirror({GEMMA_FILE: model, BUNDLE: bundle}) as mirror,
-        PodRunner(
-            crd_cluster.kubeconfig,
-            crd_cluster.workdir,
-            namespace=namespace,
-            node_env=mirror.plain_http_env(),
-            path_dirs=[llama_server],
-        ) as runner,
+    key_ref = trusted_key(core, namespace, public_key)
+    with served(crd_cluster, namespace, {GEMMA_FILE: model, BUNDLE: bundle}, llama_server) as (
+        mirror,
+        runner,
     ):
         operator = OperatorProcess(
             crd_cluster.kubeconfig, namespace, env=mirror.plain_http_env()

@@ -35,22 +35,22 @@ EXAMPLES = ROOT / "examples"
 SHA = "a" * 64
 
 
-def crd() -> dict[str, Any]:
-    """The CRD document."""
-    document: dict[str, Any] = yaml.safe_load(CRD_PATH.read_text())
+def crd(path: Path = CRD_PATH) -> dict[str, Any]:
+    """The CRD document (the ModelDeployment CRD unless ``path`` names another)."""
+    document: dict[str, Any] = yaml.safe_load(path.read_text())
     return document
 
 
-def crd_version() -> dict[str, Any]:
+def crd_version(path: Path = CRD_PATH) -> dict[str, Any]:
     """The only served version of the CRD."""
-    versions: list[dict[str, Any]] = crd()["spec"]["versions"]
+    versions: list[dict[str, Any]] = crd(path)["spec"]["versions"]
     assert len(versions) == 1
     return versions[0]
 
 
-def root_schema() -> dict[str, Any]:
-    """The openAPIV3Schema of the ModelDeployment kind."""
-    schema: dict[str, Any] = crd_version()["schema"]["openAPIV3Schema"]
+def root_schema(path: Path = CRD_PATH) -> dict[str, Any]:
+    """The openAPIV3Schema of the CRD's kind."""
+    schema: dict[str, Any] = crd_version(path)["schema"]["openAPIV3Schema"]
     return schema
 
 

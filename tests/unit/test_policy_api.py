@@ -9,6 +9,9 @@ from typing import Any, get_args
 import pytest
 import yaml
 from test_api import compare_model, walk_schema
+from test_api import crd as api_crd
+from test_api import crd_version as api_crd_version
+from test_api import root_schema as api_root_schema
 
 from modeldeploy import catalog
 from modeldeploy.api import SpecError
@@ -27,22 +30,18 @@ EXAMPLES = ROOT / "examples" / "policies"
 
 
 def crd() -> dict[str, Any]:
-    """The CRD document."""
-    document: dict[str, Any] = yaml.safe_load(CRD_PATH.read_text())
-    return document
+    """The ModelPolicy CRD document."""
+    return api_crd(CRD_PATH)
 
 
 def crd_version() -> dict[str, Any]:
-    """The only served version of the CRD."""
-    versions: list[dict[str, Any]] = crd()["spec"]["versions"]
-    assert len(versions) == 1
-    return versions[0]
+    """Its only served version."""
+    return api_crd_version(CRD_PATH)
 
 
 def root_schema() -> dict[str, Any]:
     """The openAPIV3Schema of the ModelPolicy kind."""
-    schema: dict[str, Any] = crd_version()["schema"]["openAPIV3Schema"]
-    return schema
+    return api_root_schema(CRD_PATH)
 
 
 def policy(**spec: Any) -> dict[str, Any]:
