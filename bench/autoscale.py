@@ -1,10 +1,11 @@
 """The operator-native autoscaler under a load step on real llama.cpp pods (not a test).
 
-The scenario of ``tests/e2e/test_autoscaling_load.py`` on a cluster of its own: gemma 270M
-on the CPU class through the pod runner, 2 slots a pod, ``autoscaling: native``. After an
-idle baseline the load steps from 0 to ``--concurrency`` streaming chat completions in
-flight (``e2e/load.py``), holds until the replicas settle, holds ``--steady-seconds`` more
-(the steady phase), then steps to 0 until the replicas are back at ``minReplicas``.
+The scenario of ``tests/e2e/test_autoscaling_load.py`` on a cluster of its own, with the
+setup both share (``e2e/autoscaling.py``): gemma 270M on the CPU class through the pod
+runner, 2 slots a pod, ``autoscaling: native``. After an idle baseline the load steps from
+0 to ``--concurrency`` streaming chat completions in flight (``e2e/load.py``), holds until
+the replicas settle, holds ``--steady-seconds`` more (the steady phase), then steps to 0
+until the replicas are back at ``minReplicas``.
 
 Prints JSON: seconds from the load step to the autoscaler's first scale-up decision (as
 polled from ``status.autoscaling`` every ``--sample-seconds``, and as the decision's own
@@ -44,48 +45,26 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: bench/autoscale.py
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import yaml
+from e2e.autoscaling import NAME, SLOTS_PER_POD, AutoscalingRig, autoscaled_gemma
 from e2e.cluster.local import REPO, LocalCluster
 from e2e.cluster.tools import control_plane_bin_dir
-from e2e.harness import (
-    ClusterHandle,
-    ModelDeploymentApi,
-    OperatorProcess,
-    install_crds,
-    wait_until,
-)
-from e2e.load import LoadGenerator, ready_pods
+from e2e.harness import ClusterHandle, ModelDeploymentApi, install_crds, wait_until
 from e2e.mirror import ModelMirror
-from e2e.models import GEMMA_FILE, GEMMA_SHA256, ensure_gemma
-from e2e.podrunner import PodRunner, llama_server_dir
+from e2e.models import GEMMA_FILE, ensure_gemma
+from e2e.podrunner import llama_server_dir
 from kubernetes import client
 
-NAME = "gemma"
-SELECTOR = f"modeldeploy.io/model-deployment={NAME}"
 DEFAULT_PNG = REPO / "bench" / "out" / "autoscale.png"
 
 
 def manifest(mirror: ModelMirror, args: argparse.Namespace) -> dict[str, Any]:
     """gemma 270M on CPU, 2 slots a pod, one thread each, autoscaled natively."""
-    md: dict[str, Any] = yaml.safe_load((REPO / "examples" / "gemma-270m-cpu.yaml").read_text())
-    md["metadata"] = {"name": NAME}
-    md["spec"]["model"].update(mirror.pinned_model(GEMMA_FILE, GEMMA_SHA256), servedName=NAME)
-    small = {"cpu": "1", "memory": "2Gi"}
-    md["spec"]["serving"] = {
-        "contextLength": 1024,
-        "maxConcurrentRequests": 2,
-        "resources": {"requests": small, "limits": small},
-    }
-    md["spec"]["autoscaling"] = {
-        "enabled": True,
-        "mode": "native",
-        "minReplicas": 1,
-        "maxReplicas": args.max_replicas,
-        "targetQueueDepth": args.target_queue_depth,
-        "scaleDownDelaySeconds": args.scale_down_delay,
-    }
-    md["spec"]["cache"]["accessMode"] = "ReadWriteMany"
-    return md
+    return autoscaled_gemma(
+        mirror,
+        max_replicas=args.max_replicas,
+        target_queue_depth=args.target_queue_depth,
+        scale_down_delay=args.scale_down_delay,
+    )
 
 
 @dataclass(frozen=True)
@@ -106,9 +85,9 @@ class Sample:
 class Sampler(threading.Thread):
     """Samples status.autoscaling, the Deployment and the load every ``period`` seconds."""
 
-    def __init__(self, api: ModelDeploymentApi, load: LoadGenerator, period: float) -> None:
+    def __init__(self, rig: AutoscalingRig, period: float) -> None:
         super().__init__(name="sampler", daemon=True)
-        self.api, self.load, self.period = api, load, period
+        self.rig, self.api, self.load, self.period = rig, rig.api, rig.load, period
         self.t0 = time.monotonic()
         self.samples: list[Sample] = []
         self.target = 0
@@ -126,7 +105,7 @@ class Sampler(threading.Thread):
                 self.samples.append(sample)
 
     def take(self) -> Sample:
-        autoscaling = (self.api.md(NAME).get("status") or {}).get("autoscaling") or {}
+        autoscaling = self.rig.autoscaling()
         load = autoscaling.get("load") or {}
         try:
             deployment = self.api.apps.read_namespaced_deployment(NAME, self.api.namespace)
@@ -167,10 +146,9 @@ def epoch(rfc3339: str) -> float:
     return float(calendar.timegm(time.strptime(rfc3339, "%Y-%m-%dT%H:%M:%SZ")))
 
 
-def first_decision(api: ModelDeploymentApi, after_wall: float, up: bool) -> float | None:
+def first_decision(rig: AutoscalingRig, after_wall: float, up: bool) -> float | None:
     """Wall seconds from ``after_wall`` to the first recorded up (or down) decision after it."""
-    autoscaling = (api.md(NAME).get("status") or {}).get("autoscaling") or {}
-    for decision in autoscaling.get("recentDecisions") or []:
+    for decision in rig.autoscaling().get("recentDecisions") or []:
         moved_up = decision["to"] > decision["from"]
         at = epoch(decision["time"])
         if moved_up == up and at >= int(after_wall):
@@ -232,63 +210,46 @@ def run(cluster: ClusterHandle, llama: Path, args: argparse.Namespace) -> dict[s
     assert cluster.workdir is not None
     namespace = "bench-autoscale"
     client.CoreV1Api(cluster.api_client()).create_namespace({"metadata": {"name": namespace}})
-    api = ModelDeploymentApi(cluster, namespace)
-    load = LoadGenerator(
-        ready_pods(api.core, namespace, SELECTOR),
-        model=NAME,
-        max_tokens=args.max_tokens,
-        max_requests=args.max_requests,
-        max_seconds=args.steady_seconds + 900,
-        request_timeout=120,
-    )
-    sampler = Sampler(api, load, args.sample_seconds)
-    with (
-        ModelMirror({GEMMA_FILE: ensure_gemma()}) as mirror,
-        PodRunner(
-            cluster.kubeconfig,
-            cluster.workdir,
-            namespace=namespace,
-            node_env=mirror.plain_http_env(),
-            path_dirs=[llama],
-        ),
-    ):
-        operator = OperatorProcess(
-            cluster.kubeconfig,
+    with ModelMirror({GEMMA_FILE: ensure_gemma()}) as mirror:
+        rig = AutoscalingRig.build(
+            cluster,
             namespace,
-            env=mirror.plain_http_env(),
-            autoscale_interval_seconds=args.autoscale_interval,
-        ).start()
-        try:
-            return scenario(api, load, sampler, mirror, args)
-        finally:
-            if load.running:
-                load.stop(timeout=150)
-            sampler.stop.set()
-            operator.stop()
+            mirror,
+            llama,
+            autoscale_interval=args.autoscale_interval,
+            max_tokens=args.max_tokens,
+            max_requests=args.max_requests,
+            max_seconds=args.steady_seconds + 900,
+        )
+        sampler = Sampler(rig, args.sample_seconds)
+        with rig.runner:
+            operator = rig.operator.start()
+            try:
+                return scenario(rig, sampler, mirror, args)
+            finally:
+                if rig.load.running:
+                    rig.load.stop(timeout=150)
+                sampler.stop.set()
+                operator.stop()
 
 
 def scenario(
-    api: ModelDeploymentApi,
-    load: LoadGenerator,
-    sampler: Sampler,
-    mirror: ModelMirror,
-    args: argparse.Namespace,
+    rig: AutoscalingRig, sampler: Sampler, mirror: ModelMirror, args: argparse.Namespace
 ) -> dict[str, Any]:
+    api, load = rig.api, rig.load
     api.create(manifest(mirror, args))
     log("waiting for 1 replica Ready")
 
     def one_replica() -> bool:
-        autoscaling = (api.md(NAME).get("status") or {}).get("autoscaling") or {}
-        deployment = api.apps.read_namespaced_deployment(NAME, api.namespace)
         return (
-            autoscaling.get("desiredReplicas") == 1
-            and deployment.status.ready_replicas == 1
-            and len(ready_pods(api.core, api.namespace, SELECTOR)()) == 1
+            rig.autoscaling().get("desiredReplicas") == 1
+            and rig.replicas()[1] == 1
+            and len(rig.serving()) == 1
         )
 
     wait_until(one_replica, timeout=600, what="1 replica Ready")
     before = api.md(NAME)
-    first_pods = {e.name for e in ready_pods(api.core, api.namespace, SELECTOR)()}
+    first_pods = {e.name for e in rig.serving()}
     sampler.start()
     load.start()
     time.sleep(args.baseline_seconds)  # idle baseline (a bench: phases are timed on purpose)
@@ -301,14 +262,13 @@ def scenario(
     load.set_concurrency(args.concurrency)
 
     def settled() -> bool:
-        autoscaling = (api.md(NAME).get("status") or {}).get("autoscaling") or {}
-        desired = autoscaling.get("desiredReplicas") or 0
-        deployment = api.apps.read_namespaced_deployment(NAME, api.namespace)
-        serving = ready_pods(api.core, api.namespace, SELECTOR)()
+        desired = rig.autoscaling().get("desiredReplicas") or 0
+        spec_replicas, ready_replicas = rig.replicas()
+        serving = rig.serving()
         answered = load.answered_by()
         return (
             desired > 1
-            and deployment.spec.replicas == desired == (deployment.status.ready_replicas or 0)
+            and spec_replicas == desired == ready_replicas
             and len(serving) == desired
             and all(answered[e.name] > 0 for e in serving)
         )
@@ -319,7 +279,7 @@ def scenario(
     wait_until(settled, timeout=args.settle_timeout, what="the scale-up to settle")
     settled_t = steady_start = sampler.now()
     # recentDecisions keeps the last 5: read the scale-up's before the scale-down's come.
-    recorded_up = first_decision(api, step_wall, up=True)
+    recorded_up = first_decision(rig, step_wall, up=True)
     marks["steady"] = steady_start
     events_before = scale_events(api)
     log(f"steady for {args.steady_seconds}s")
@@ -334,9 +294,7 @@ def scenario(
     load.set_concurrency(0)
 
     def back_to_min() -> bool:
-        autoscaling = (api.md(NAME).get("status") or {}).get("autoscaling") or {}
-        deployment = api.apps.read_namespaced_deployment(NAME, api.namespace)
-        return autoscaling.get("desiredReplicas") == 1 and deployment.status.ready_replicas == 1
+        return rig.autoscaling().get("desiredReplicas") == 1 and rig.replicas()[1] == 1
 
     wait_until(
         back_to_min,
@@ -382,7 +340,7 @@ def scenario(
         },
         "settings": {
             "model": GEMMA_FILE,
-            "slotsPerPod": 2,
+            "slotsPerPod": SLOTS_PER_POD,
             "threadsPerPod": 1,
             "concurrency": args.concurrency,
             "maxTokens": args.max_tokens,
@@ -417,7 +375,7 @@ def scenario(
         },
         "scaleDown": {
             "stepToFirstDecisionSecondsPolled": rel(first_down, steady_end),
-            "stepToFirstDecisionSecondsRecorded": first_decision(api, down_wall, up=False),
+            "stepToFirstDecisionSecondsRecorded": first_decision(rig, down_wall, up=False),
             "stepToMinReplicasSeconds": rel(down_done_t, steady_end),
         },
         "requests": {

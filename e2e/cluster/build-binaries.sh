@@ -12,14 +12,12 @@ tools="$here/tools"
 k8s_version="$(awk '/^require k8s.io\/kubernetes /{print $3}' "$tools/k8s/go.mod")"
 etcd_version="$(awk '$1=="go.etcd.io/etcd/server/v3"{print $2}' "$tools/etcd/go.mod")"
 kwok_version="$(awk '$1=="sigs.k8s.io/kwok"{print $2}' "$tools/kwok/go.mod")"
-pin_hash="$(cat "$tools"/{etcd,k8s,kwok}/go.mod "$tools"/{etcd,k8s,kwok}/go.sum <(go env GOVERSION) | sha256sum | cut -c1-12)"
-cache_root="${MODELDEPLOY_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/modeldeploy}"
-bin="$cache_root/k8s-$k8s_version-etcd-$etcd_version-kwok-$kwok_version-$pin_hash/bin"
-mkdir -p "$bin"
 
 label=cluster-build
 # shellcheck source=go-build-lib.sh
 source "$here/go-build-lib.sh"
+cache_bin "k8s-$k8s_version-etcd-$etcd_version-kwok-$kwok_version" \
+  "$tools"/{etcd,k8s,kwok}/go.mod "$tools"/{etcd,k8s,kwok}/go.sum
 
 # Kubernetes stamps its version through ldflags (hack/lib/version.sh); without them the
 # servers report v0.0.0-master and Helm's kubeVersion checks fail.

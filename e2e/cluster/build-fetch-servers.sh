@@ -9,14 +9,12 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 tools="$here/tools"
 gcs_version="$(awk '$1=="github.com/fsouza/fake-gcs-server"{print $2}' "$tools/fake-gcs-server/go.mod")"
 registry_version="$(awk '$1=="github.com/distribution/distribution/v3"{print $2}' "$tools/registry/go.mod")"
-pin_hash="$(cat "$tools"/fake-gcs-server/go.* "$tools"/registry/go.* <(go env GOVERSION) | sha256sum | cut -c1-12)"
-cache_root="${MODELDEPLOY_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/modeldeploy}"
-bin="$cache_root/fetch-servers-gcs-$gcs_version-registry-$registry_version-$pin_hash/bin"
-mkdir -p "$bin"
 
 label=fetch-build
 # shellcheck source=go-build-lib.sh
 source "$here/go-build-lib.sh"
+cache_bin "fetch-servers-gcs-$gcs_version-registry-$registry_version" \
+  "$tools"/fake-gcs-server/go.* "$tools"/registry/go.*
 
 build fake-gcs-server "$tools/fake-gcs-server" github.com/fsouza/fake-gcs-server
 build registry "$tools/registry" github.com/distribution/distribution/v3/cmd/registry

@@ -15,7 +15,7 @@ from __future__ import annotations
 import base64
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from kubernetes import client
@@ -51,25 +51,29 @@ class ConfigSource:
 
     def secret(self, name: str, optional: bool) -> dict[str, bytes]:
         """A Secret's data (empty when it is missing and ``optional``)."""
-        try:
-            secret = self.core.read_namespaced_secret(name, self.namespace)
-        except client.ApiException as error:
-            if error.status == 404 and optional:
-                return {}
-            raise PodConfigError(f"secret {name!r}: {error.reason}") from None
+        secret = self._read("secret", self.core.read_namespaced_secret, name, optional)
+        if secret is None:
+            return {}
         return {k: base64.b64decode(v) for k, v in (secret.data or {}).items()}
 
     def config_map(self, name: str, optional: bool) -> dict[str, bytes]:
         """A ConfigMap's data and binaryData (empty when it is missing and ``optional``)."""
-        try:
-            found = self.core.read_namespaced_config_map(name, self.namespace)
-        except client.ApiException as error:
-            if error.status == 404 and optional:
-                return {}
-            raise PodConfigError(f"configmap {name!r}: {error.reason}") from None
+        found = self._read("configmap", self.core.read_namespaced_config_map, name, optional)
+        if found is None:
+            return {}
         data = {k: v.encode() for k, v in (found.data or {}).items()}
         data.update({k: base64.b64decode(v) for k, v in (found.binary_data or {}).items()})
         return data
+
+    def _read(self, kind: str, read: Callable[[str, str], Any], name: str, optional: bool) -> Any:
+        """The object ``read`` returns; None when it is missing and ``optional`` (the
+        kubelet starts the container without it), else a PodConfigError."""
+        try:
+            return read(name, self.namespace)
+        except client.ApiException as error:
+            if error.status == 404 and optional:
+                return None
+            raise PodConfigError(f"{kind} {name!r}: {error.reason}") from None
 
 
 def field_value(pod: Mapping[str, Any], path: str) -> str:

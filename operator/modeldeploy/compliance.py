@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from types import MappingProxyType
 from typing import Any
@@ -220,15 +220,8 @@ class Violation:
     enforcement: Enforcement = "enforce"
 
     def as_dict(self) -> dict[str, str]:
-        """The violation as plain data (CLI JSON, events)."""
-        return {
-            "policy": self.policy,
-            "rule": self.rule,
-            "field": self.field,
-            "message": self.message,
-            "allowed": self.allowed,
-            "enforcement": self.enforcement,
-        }
+        """The violation as plain data (CLI JSON, events): its fields, in their order."""
+        return asdict(self)
 
     def __str__(self) -> str:
         return f"{self.policy}: {self.rule}: {self.field}: {self.message}; allowed: {self.allowed}"
@@ -244,13 +237,8 @@ class Pending:
     reason: str
 
     def as_dict(self) -> dict[str, str]:
-        """The pending rule as plain data."""
-        return {
-            "policy": self.policy,
-            "rule": self.rule,
-            "field": self.field,
-            "reason": self.reason,
-        }
+        """The pending rule as plain data: its fields, in their order."""
+        return asdict(self)
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,9 @@
 
 One rule for every user of it (local ``modeldeploy serve``'s model cache, the launcher's
 look-up of a locally built llama-server, the e2e and bench tooling, and the shell scripts
-``e2e/cluster/build-*.sh`` and ``runtime-images/llamacpp/build-llama-server.sh``, which
-spell it ``${MODELDEPLOY_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/modeldeploy}``):
+``e2e/cluster/go-build-lib.sh`` (``cache_bin``, for the Go tool builds) and
+``runtime-images/llamacpp/build-llama-server.sh``, which spell it
+``${MODELDEPLOY_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/modeldeploy}``):
 ``$MODELDEPLOY_CACHE`` if set, else ``$XDG_CACHE_HOME/modeldeploy``, else
 ``~/.cache/modeldeploy``. Empty values count as unset, as in the shell.
 """

@@ -21,12 +21,12 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, model_validator
 from pydantic.alias_generators import to_camel
 
 from modeldeploy.api import SOURCE_PATTERN
 from modeldeploy.wire import FieldRuleError as _FieldRuleError
-from modeldeploy.wire import SpecError, spec_error_from, wire_config
+from modeldeploy.wire import parse_wire, wire_config
 
 KIND = "ModelPolicy"
 PLURAL = "modelpolicies"
@@ -250,17 +250,9 @@ class ModelPolicy(_PolicyModel):
 
 def parse_model_policy(obj: object) -> ModelPolicy:
     """Validate a ModelPolicy object (camelCase keys) or raise one api.SpecError."""
-    if not isinstance(obj, dict):
-        raise SpecError("", f"a ModelPolicy must be a mapping, not {type(obj).__name__}")
-    try:
-        return ModelPolicy.model_validate(obj, by_alias=True, by_name=False)
-    except ValidationError as error:
-        raise _spec_error_from(error) from None
-
-
-def _spec_error_from(error: ValidationError) -> SpecError:
-    """One SpecError about the first problem pydantic found (``wire.spec_error_from``)."""
-    return spec_error_from(error, root=ModelPolicy, alias=_alias, pattern_message=_pattern_message)
+    return parse_wire(
+        obj, ModelPolicy, alias=_alias, pattern_message=_pattern_message, kind="a ModelPolicy"
+    )
 
 
 def _pattern_message(location: tuple[str | int, ...], value: object) -> str:

@@ -6,11 +6,12 @@ Pure.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import get_args
+from typing import TypeVar, get_args
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 Location = tuple[str | int, ...]
+Model = TypeVar("Model", bound=BaseModel)
 
 
 class SpecError(ValueError):
@@ -43,6 +44,30 @@ def wire_config(alias: Callable[[str], str]) -> ConfigDict:
         validate_by_alias=True,
         serialize_by_alias=True,
     )
+
+
+def parse_wire(
+    obj: object,
+    model: type[Model],
+    *,
+    alias: Callable[[str], str],
+    pattern_message: Callable[[Location, object], str],
+    kind: str = "",
+    prefix: tuple[str, ...] = (),
+) -> Model:
+    """Validate ``obj`` (camelCase keys) as ``model``, found at ``prefix`` in the object, or
+    raise one SpecError (``spec_error_from``). ``kind`` names the object ("a ModelPolicy")
+    when it is not a mapping at all; without it the error names the path.
+    """
+    if not isinstance(obj, dict):
+        subject = f"{kind} must" if kind else "must"
+        raise SpecError(format_path(prefix), f"{subject} be a mapping, not {type(obj).__name__}")
+    try:
+        return model.model_validate(obj, by_alias=True, by_name=False)
+    except ValidationError as error:
+        raise spec_error_from(
+            error, root=model, alias=alias, pattern_message=pattern_message, prefix=prefix
+        ) from None
 
 
 def spec_error_from(

@@ -20,17 +20,13 @@ from typing import Any
 
 import httpx
 import pytest
-import yaml
-from e2e.cluster.local import REPO
-from e2e.harness import ClusterHandle, ModelDeploymentApi, OperatorProcess, wait_until
-from e2e.load import LoadGenerator, ready_pods
+from e2e.autoscaling import NAME, SELECTOR, AutoscalingRig, autoscaled_gemma
+from e2e.harness import ClusterHandle, wait_until
+from e2e.load import LoadGenerator
 from e2e.mirror import ModelMirror
-from e2e.models import GEMMA_FILE, GEMMA_SHA256, ensure_gemma
-from e2e.podrunner import PodRunner
+from e2e.models import GEMMA_FILE, ensure_gemma
 from prometheus_client.parser import text_string_to_metric_families
 
-NAME = "gemma"
-SELECTOR = f"modeldeploy.io/model-deployment={NAME}"
 MAX_REPLICAS = 3
 SCALE_DOWN_DELAY_SECONDS = 20
 PEAK_CONCURRENCY = 8
@@ -46,43 +42,18 @@ def mirror() -> Iterator[ModelMirror]:
         yield served
 
 
-def autoscaled_gemma(mirror: ModelMirror) -> dict[str, Any]:
-    """The CPU GGUF example, 2 slots a pod, small enough that 3 replicas fit one CPU node."""
-    md: dict[str, Any] = yaml.safe_load((REPO / "examples" / "gemma-270m-cpu.yaml").read_text())
-    md["metadata"] = {"name": NAME}
-    md["spec"]["model"].update(mirror.pinned_model(GEMMA_FILE, GEMMA_SHA256), servedName=NAME)
-    small = {"cpu": "1", "memory": "2Gi"}  # one llama-server thread per pod on this machine
-    md["spec"]["serving"] = {
-        "contextLength": 1024,
-        "maxConcurrentRequests": 2,
-        "resources": {"requests": small, "limits": small},
-    }
-    md["spec"]["autoscaling"] = {
-        "enabled": True,
-        "mode": "native",
-        "minReplicas": 1,
-        "maxReplicas": MAX_REPLICAS,
-        "targetQueueDepth": 2,
-        "scaleDownDelaySeconds": SCALE_DOWN_DELAY_SECONDS,
-    }
-    md["spec"]["cache"]["accessMode"] = "ReadWriteMany"  # one cache for every replica
-    return md
+def manifest(mirror: ModelMirror) -> dict[str, Any]:
+    """The autoscaled gemma between 1 and 3 replicas (3 fit one CPU node) at queue depth 2."""
+    return autoscaled_gemma(
+        mirror,
+        max_replicas=MAX_REPLICAS,
+        target_queue_depth=2,
+        scale_down_delay=SCALE_DOWN_DELAY_SECONDS,
+    )
 
 
-class Watch:
-    """What the test reads of the ModelDeployment, its Deployment and its pods."""
-
-    def __init__(self, api: ModelDeploymentApi, operator: OperatorProcess) -> None:
-        self.api, self.operator = api, operator
-
-    def autoscaling(self) -> dict[str, Any]:
-        found: dict[str, Any] = self.api.md(NAME).get("status", {}).get("autoscaling") or {}
-        return found
-
-    def replicas(self) -> tuple[int, int]:
-        """The Deployment's (spec.replicas, status.readyReplicas)."""
-        deployment = self.api.apps.read_namespaced_deployment(NAME, self.api.namespace)
-        return deployment.spec.replicas or 0, (deployment.status.ready_replicas or 0)
+class Watch(AutoscalingRig):
+    """The rig, and what the test reads of the ModelDeployment, its Deployment and its pods."""
 
     def pods(self) -> list[str]:
         listed = self.api.core.list_namespaced_pod(self.api.namespace, label_selector=SELECTOR)
@@ -91,7 +62,7 @@ class Watch:
     def deferred(self) -> float:
         """Requests the Ready pods' llama-servers hold waiting for a slot, now."""
         total = 0.0
-        for endpoint in ready_pods(self.api.core, self.api.namespace, SELECTOR)():
+        for endpoint in self.serving():
             try:  # a pod kwok calls Ready may not listen yet
                 url = f"{endpoint.base(8000)}/metrics"
                 text = httpx.get(url, timeout=5, trust_env=False).text
@@ -130,33 +101,21 @@ def test_load_scales_up_new_pods_take_requests_and_idle_scales_back_down(
 ) -> None:
     if crd_cluster.workdir is None:
         pytest.skip("the pod runner runs pods of the local control plane only")
-    api = ModelDeploymentApi(crd_cluster, namespace)
-    runner = PodRunner(
-        crd_cluster.kubeconfig,
-        crd_cluster.workdir,
-        namespace=namespace,
-        node_env=mirror.plain_http_env(),
-        path_dirs=[llama_server],
-    )
-    operator = OperatorProcess(
-        crd_cluster.kubeconfig,
+    watch = Watch.build(
+        crd_cluster,
         namespace,
-        env=mirror.plain_http_env(),
-        autoscale_interval_seconds=2.0,
-    )
-    load = LoadGenerator(
-        ready_pods(api.core, namespace, SELECTOR),
-        model=NAME,
+        mirror,
+        llama_server,
+        autoscale_interval=2.0,
         max_tokens=MAX_TOKENS,
         max_requests=600,  # about 8 in flight for 4 minutes at ~3 s each, with room
         max_seconds=360,
-        request_timeout=120,
     )
-    watch = Watch(api, operator)
+    api, runner, operator, load = watch.api, watch.runner, watch.operator, watch.load
     with runner:
         operator.start()
         try:
-            api.create(autoscaled_gemma(mirror))
+            api.create(manifest(mirror))
             ready = crd_cluster.kubectl(
                 "wait", "-n", namespace, "--for=condition=Ready", f"mdep/{NAME}",
                 "--timeout=300s", check=False,
@@ -168,7 +127,7 @@ def test_load_scales_up_new_pods_take_requests_and_idle_scales_back_down(
                 return (
                     status.get("desiredReplicas") == 1
                     and watch.replicas() == (1, 1)
-                    and len(ready_pods(api.core, namespace, SELECTOR)()) == 1
+                    and len(watch.serving()) == 1
                 )
 
             wait_until(one_replica_serving, timeout=120, what="1 replica Ready and decided")
@@ -200,7 +159,7 @@ def test_load_scales_up_new_pods_take_requests_and_idle_scales_back_down(
                 spec_replicas, ready_replicas = watch.replicas()
                 if status.get("desiredReplicas") != spec_replicas or ready_replicas < 2:
                     return False
-                serving = {e.name for e in ready_pods(api.core, namespace, SELECTOR)()}
+                serving = {e.name for e in watch.serving()}
                 answered = load.answered_by()
                 return (
                     len(serving) == spec_replicas == ready_replicas
@@ -245,7 +204,7 @@ def test_load_scales_up_new_pods_take_requests_and_idle_scales_back_down(
             # The autoscaler writes the Deployment and the status, never the spec.
             assert after["metadata"]["generation"] == before["metadata"]["generation"]
             assert after["spec"] == before["spec"]
-            assert after["spec"]["autoscaling"] == autoscaled_gemma(mirror)["spec"]["autoscaling"]
+            assert after["spec"]["autoscaling"] == manifest(mirror)["spec"]["autoscaling"]
 
             wait_until(
                 lambda: {"ScaledUp", "ScaledDown"} <= set(watch.event_reasons()),

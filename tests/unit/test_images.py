@@ -30,13 +30,16 @@ IMAGES = REPO / "runtime-images"
 DOCKERFILES = sorted(IMAGES.glob("*/Dockerfile*"))
 OCI_LABELS = {"title", "description", "source", "licenses", "version", "revision"}
 CONFIG = OperatorConfig()
-# Dockerfile -> the OperatorConfig default it must be tagged as.
+# Dockerfile -> its builds: the build arguments ("" for none) and the OperatorConfig default
+# that build must be tagged as. One Dockerfile builds both tensor-parallel engines' images.
 EXPECTED_TAGS = {
-    "llamacpp/Dockerfile": CONFIG.llamacpp_image,
-    "llamacpp/Dockerfile.cuda": CONFIG.llamacpp_gpu_image,
-    "vllm/Dockerfile": CONFIG.vllm_image,
-    "sglang/Dockerfile": CONFIG.sglang_image,
-    "operator/Dockerfile": CONFIG.operator_image,
+    "llamacpp/Dockerfile": [("", CONFIG.llamacpp_image)],
+    "llamacpp/Dockerfile.cuda": [("", CONFIG.llamacpp_gpu_image)],
+    "tensor-parallel/Dockerfile": [
+        ("ENGINE=vllm", CONFIG.vllm_image),
+        ("ENGINE=sglang", CONFIG.sglang_image),
+    ],
+    "operator/Dockerfile": [("", CONFIG.operator_image)],
 }
 
 
@@ -76,6 +79,35 @@ def arg_defaults(path: Path) -> dict[str, str]:
     return defaults
 
 
+def resolved(text: str, values: dict[str, str]) -> str:
+    """``text`` with each ``${NAME}`` replaced by its value (left as it is when unknown)."""
+    return re.sub(r"\$\{(\w+)\}", lambda m: values.get(m.group(1), m.group(0)), text)
+
+
+def stage_names(path: Path) -> set[str]:
+    """The names of the stages (``FROM IMAGE AS NAME``)."""
+    return {rest.split()[2] for keyword, rest in instructions(path) if " AS " in rest.upper()}
+
+
+def image_instructions(path: Path, build_args: str) -> list[tuple[str, str]]:
+    """What the image a build makes holds: the instructions of the stages its final stage is
+    built on (``FROM`` a stage, ARGs resolved with ``build_args``), then the final stage's."""
+    values = arg_defaults(path) | dict(arg.split("=", 1) for arg in build_args.split() if arg)
+    stages: dict[str, list[tuple[str, str]]] = {}
+    stage: list[tuple[str, str]] = []
+    for keyword, rest in instructions(path):
+        if keyword == "FROM":
+            stage = []
+            words = rest.split()
+            if len(words) == 3 and words[1].upper() == "AS":
+                stages[words[2]] = stage
+        stage.append((keyword, rest))
+    chain = [stage]
+    while (base := resolved(chain[0][0][1].split()[0], values)) in stages:
+        chain.insert(0, stages[base])
+    return [step for part in chain for step in part]
+
+
 def test_every_image_has_a_dockerfile() -> None:
     assert {str(p.relative_to(IMAGES)) for p in DOCKERFILES} == set(EXPECTED_TAGS)
 
@@ -104,9 +136,8 @@ def test_image_rules(dockerfile: Path) -> None:
     defaults = arg_defaults(dockerfile)
     for keyword, rest in instructions(dockerfile):
         if keyword == "FROM":
-            image = rest.split()[0]
-            image = re.sub(r"\$\{(\w+)\}", lambda m: defaults.get(m.group(1), m.group(0)), image)
-            if image in {"wheel", "llama-server"}:  # earlier stages
+            image = resolved(rest.split()[0], defaults)
+            if image in stage_names(dockerfile):  # earlier stages
                 continue
             assert ":" in image and not image.endswith(":latest"), f"unpinned base {image}"
             assert re.search(r":v?\d+\.\d+", image), f"{image}: pin a release tag"
@@ -115,9 +146,11 @@ def test_image_rules(dockerfile: Path) -> None:
     final = final_stage(dockerfile)
     users = [rest for keyword, rest in final if keyword == "USER"]
     assert users and users[-1] == "65532:65532", "the final stage must run as 65532"
-    labels = " ".join(rest for keyword, rest in final if keyword == "LABEL")
-    found = set(re.findall(r"org\.opencontainers\.image\.([a-z]+)=", labels))
-    assert found >= OCI_LABELS
+    for build_args, _ in EXPECTED_TAGS[str(dockerfile.relative_to(IMAGES))]:
+        image = image_instructions(dockerfile, build_args)
+        labels = " ".join(rest for keyword, rest in image if keyword == "LABEL")
+        found = set(re.findall(r"org\.opencontainers\.image\.([a-z]+)=", labels))
+        assert found >= OCI_LABELS, build_args
     assert defaults.get("VERSION") == __version__
 
 
@@ -136,17 +169,23 @@ def test_entrypoint_is_a_console_script_with_a_real_subcommand(dockerfile: Path)
     assert command[0] in subparsers.choices
 
 
-@pytest.mark.parametrize(("name", "tag"), sorted(EXPECTED_TAGS.items()))
-def test_images_are_tagged_as_the_operator_expects(name: str, tag: str) -> None:
+@pytest.mark.parametrize(("name", "builds"), sorted(EXPECTED_TAGS.items()))
+def test_images_are_tagged_as_the_operator_expects(
+    name: str, builds: list[tuple[str, str]]
+) -> None:
     text = (IMAGES / name).read_text()
-    built = re.findall(r"docker build -f runtime-images/(\S+) -t (\S+) \.", text)
-    assert built == [(name, tag)]
+    built = re.findall(
+        r"docker build -f runtime-images/(\S+) (?:--build-arg (\S+) )?-t (\S+) \.", text
+    )
+    assert built == [(name, build_args, tag) for build_args, tag in builds]
+    for build_args, _ in builds:  # a build argument names a stage of the Dockerfile
+        assert not build_args or build_args.partition("=")[2] in stage_names(IMAGES / name)
 
 
 def test_vllm_image_is_the_release_the_flags_are_checked_against() -> None:
     from test_runtimes import VLLM_VERSION
 
-    assert arg_defaults(IMAGES / "vllm" / "Dockerfile")["VLLM_IMAGE"] == (
+    assert arg_defaults(IMAGES / "tensor-parallel" / "Dockerfile")["VLLM_IMAGE"] == (
         f"vllm/vllm-openai:v{VLLM_VERSION}"
     )
 

@@ -139,34 +139,25 @@ def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
         data, offset = data[written:], offset + written
 
 
+@dataclass(eq=False, repr=False)  # no repr: the URL and headers may carry credentials
 class _Job:
     """One file's transfer: workers fetch chunks, one hasher digests them in order."""
 
-    def __init__(
-        self,
-        *,
-        transport: Transport,
-        location: HttpLocation,
-        fd: int,
-        size: int,
-        chunk: int,
-        count: int,
-        name: str,
-        journal: Journal,
-        options: DownloadOptions,
-        progress: Progress | None,
-    ) -> None:
-        self.transport = transport
-        self.url = location.url
-        self.headers = dict(location.headers)
-        self.fd = fd
-        self.size = size
-        self.chunk = chunk
-        self.count = count
-        self.name = name
-        self.journal = journal
-        self.options = options
-        self.progress = progress
+    transport: Transport
+    location: HttpLocation
+    fd: int
+    size: int
+    chunk: int
+    count: int
+    name: str
+    journal: Journal
+    options: DownloadOptions
+    progress: Progress | None
+
+    def __post_init__(self) -> None:
+        # Where the bytes come from (a redirect changes it), and what the threads share.
+        self.url = self.location.url
+        self.headers = dict(self.location.headers)
         self.cond = threading.Condition()
         self.pending: dict[int, bytearray] = {}
         self.next_to_hash = 0

@@ -82,15 +82,25 @@ class FetchResult:
         return out
 
 
-def _cached_result(
-    request: FetchRequest, entry: CacheEntry, record: Mapping[str, Any], selection: str
-) -> FetchResult:
+@dataclass(frozen=True)
+class _FetchJob:
+    """What one ``fetch`` call asks for, fixed when it starts."""
+
+    request: FetchRequest
+    selection: str  # the cache marker's selection (a signed one names the trust anchor too)
+    trust: TrustAnchor | None
+    env: Mapping[str, str]
+    options: FetchOptions
+    started: str  # RFC 3339, for the provenance record
+
+
+def _cached_result(job: _FetchJob, entry: CacheEntry, record: Mapping[str, Any]) -> FetchResult:
     files = tuple(
         VerifiedFile(e["name"], int(e["sizeBytes"]), e["sha256"], e.get("verifiedAgainst", "none"))
         for e in record.get("files", [])
     )
     by_name = {f.name: f for f in files}
-    for name, pinned in sorted(request.digests.items()):
+    for name, pinned in sorted(job.request.digests.items()):
         cached = by_name.get(name)
         if cached is None or cached.sha256 != pinned.lower():
             got = cached.sha256[:12] + "…" if cached else "no such file"
@@ -105,7 +115,7 @@ def _cached_result(
         files=files,
         bytes_transferred=0,
         cached=True,
-        provenance_path=entry.provenance_path(selection),
+        provenance_path=entry.provenance_path(job.selection),
         license=record.get("license"),
         signature=record.get("signature"),
     )
@@ -123,7 +133,6 @@ def fetch(
 
     ``trust`` is the anchor ``request.signature`` must verify against (both or neither).
     """
-    env = os.environ if env is None else env
     options = options or FetchOptions()
     started = utc_now()
     uri = request.uri
@@ -134,23 +143,24 @@ def fetch(
         check_request(request.signature, trust)
         assert trust is not None
         selection = signed_selection(selection, trust)
+    job = _FetchJob(request, selection, trust, os.environ if env is None else env, options, started)
     if request.requested_revision:
         entry = CacheEntry(cache_root, uri.canonical, request.requested_revision)
         if (record := entry.lookup(selection)) is not None:
             log.info("%s@%s: already in the cache", uri.canonical, entry.revision)
-            return _cached_result(request, entry, record, selection)
+            return _cached_result(job, entry, record)
     # Imported here: a warm cache answers above without loading any client library.
     from modeldeploy.fetch.resolve import resolve
     from modeldeploy.fetch.sources import open_source
 
-    source = open_source(uri, env)
+    source = open_source(uri, job.env)
     source.options = options.download
     try:
-        resolution = resolve(request, env=env, source=source, read_metadata=False)
+        resolution = resolve(request, env=job.env, source=source, read_metadata=False)
         entry = CacheEntry(cache_root, resolution.source, resolution.revision)
         if (record := entry.lookup(selection)) is not None:
             log.info("%s@%s: already in the cache", resolution.source, resolution.revision)
-            return _cached_result(request, entry, record, selection)
+            return _cached_result(job, entry, record)
         lock = CacheLock(
             entry.lock_path,
             heartbeat_interval=options.lock_heartbeat,
@@ -166,22 +176,11 @@ def fetch(
             log.info("%s@%s: another fetcher published it", resolution.source, resolution.revision)
             record = entry.lookup(selection)
             assert record is not None
-            return _cached_result(request, entry, record, selection)
+            return _cached_result(job, entry, record)
         try:
             if (record := entry.lookup(selection)) is not None:
-                return _cached_result(request, entry, record, selection)
-            return _download_and_publish(
-                request,
-                resolution,
-                source,
-                entry=entry,
-                lock=lock,
-                options=options,
-                started=started,
-                selection=selection,
-                trust=trust,
-                env=env,
-            )
+                return _cached_result(job, entry, record)
+            return _download_and_publish(job, resolution, source, entry, lock)
         finally:
             lock.release()
     finally:
@@ -189,25 +188,18 @@ def fetch(
 
 
 def _download_and_publish(
-    request: FetchRequest,
-    resolution: Resolution,
-    source: Source,
-    *,
-    entry: CacheEntry,
-    lock: CacheLock,
-    options: FetchOptions,
-    started: str,
-    selection: str,
-    trust: TrustAnchor | None,
-    env: Mapping[str, str],
+    job: _FetchJob, resolution: Resolution, source: Source, entry: CacheEntry, lock: CacheLock
 ) -> FetchResult:
+    request, options, trust = job.request, job.options, job.trust
     entry.prepare()
     signed = None
     if trust is not None and request.signature:
         # The bundle first: a missing or forged signature fails before any model byte moves.
         from modeldeploy.fetch.signature import fetch_bundle, read_signed_manifest
 
-        bundle = fetch_bundle(request.signature, source, resolution.revision, entry.staging, env)
+        bundle = fetch_bundle(
+            request.signature, source, resolution.revision, entry.staging, job.env
+        )
         signed = read_signed_manifest(bundle, request.signature, trust)
         signed.require_covered(resolution.files)
     known = entry.known_digests()
@@ -258,11 +250,11 @@ def _download_and_publish(
         verified,
         requested_revision=request.requested_revision,
         bytes_transferred=transferred,
-        started_at=started,
+        started_at=job.started,
         finished_at=utc_now(),
         signature=signature,
     )
-    entry.publish([f.name for f in verified], selection, record)
+    entry.publish([f.name for f in verified], job.selection, record)
     entry.discard_staging()
     log.info(
         "%s@%s: published %d file(s) in %s",
@@ -278,7 +270,7 @@ def _download_and_publish(
         files=tuple(verified),
         bytes_transferred=transferred,
         cached=False,
-        provenance_path=entry.provenance_path(selection),
+        provenance_path=entry.provenance_path(job.selection),
         license=resolution.license,
         signature=signature,
     )

@@ -238,8 +238,11 @@ class TensorParallelGpuRuntime:
     """What engines that serve a safetensors directory on a tensor-parallel GPU group share.
 
     vLLM and SGLang: one rank per GPU (the count must divide the attention heads), weights
-    loaded through host memory, worker processes talking over ``/dev/shm``. Subclasses set
-    the engine's own facts and flags.
+    loaded through host memory, worker processes talking over ``/dev/shm``, a KV cache
+    allocated as tokens arrive, an offline environment, and the OpenAI server's ``--port``
+    and ``--served-model-name``. Subclasses set the engine's own facts: its names, binary,
+    port, gauges, image, extra environment, its flags for what the plan fixes (``flags``)
+    and its command line around the model directory (``command_line``).
     """
 
     local_build_glob: str | None = None
@@ -254,6 +257,23 @@ class TensorParallelGpuRuntime:
     # vLLM's CUDA kernels (and SGLang's, built on the same) need Volta or newer.
     min_gpu_generation = (7, 0)
     shm_bytes_per_gpu = 2 * 1024**3
+    # Sizing: the KV cache is allocated as tokens arrive (vLLM's paged blocks, SGLang's token
+    # pool); the overhead is 2 GiB per GPU (CUDA context, CUDA graphs, NCCL buffers).
+    overhead_per_gpu = 2 * 1024**3
+    # The model is local (the fetcher brought it): no hub lookups. Each engine adds its own.
+    offline_env = (("HF_HUB_OFFLINE", "1"), ("TRANSFORMERS_OFFLINE", "1"))
+    own_env: tuple[tuple[str, str], ...] = ()
+
+    # Each engine's own facts and functions.
+    engine: Engine
+    sizing: SizingRules  # from the engine and the rules above
+    flags: Callable[[Placement, OperatorConfig], list[str]]
+    command_line: Callable[..., list[str]]
+
+    def __init__(self) -> None:
+        self.sizing = SizingRules(
+            engine=str(self.engine), overhead_per_device=self.overhead_per_gpu, paged_kv_cache=True
+        )
 
     def min_compute_capability(self, info: QuantizationInfo) -> tuple[int, int] | None:
         """The quantization's own minimum, else the engine's (Volta)."""
@@ -285,15 +305,16 @@ class TensorParallelGpuRuntime:
         """These engines serve the model directory."""
         return None
 
-    # Each engine module's own functions: its flags, and its command line around a directory.
-    flags: Callable[[Placement, str, list[str], OperatorConfig], list[str]]
-    command_line: Callable[..., list[str]]
-
     def engine_args(
         self, placement: Placement, served_name: str, user_args: list[str], config: OperatorConfig
     ) -> list[str]:
-        """The engine's flags; the user's args come last and win."""
-        return self.flags(placement, served_name, user_args, config)
+        """The port and served name, the engine's flags; the user's args come last and win."""
+        shared = ["--port", str(config.port), "--served-model-name", served_name]
+        return shared + self.flags(placement, config) + list(user_args)
+
+    def engine_env(self) -> list[dict[str, str]]:
+        """Offline, then the engine's own variables (telemetry off, caches in /tmp)."""
+        return [{"name": name, "value": value} for name, value in self.offline_env + self.own_env]
 
     def launch_argv(self, request: LaunchRequest) -> list[str]:
         """The engine's command line around the model directory and the bind address."""

@@ -26,7 +26,6 @@ from modeldeploy.runtimes.base import (
     has_flag,
 )
 from modeldeploy.runtimes.vllm import quantization_args
-from modeldeploy.sizing import GIB, SizingRules
 
 if TYPE_CHECKING:
     from modeldeploy.config import OperatorConfig
@@ -42,15 +41,9 @@ LOAD_GAUGES = LoadGauges(
 )
 
 
-def engine_args(
-    placement: Placement, served_name: str, user_args: list[str], config: OperatorConfig
-) -> list[str]:
-    """Flags for ``sglang.launch_server --model-path <dir>``; the user's args come last."""
-    args = [
-        "--port",
-        str(config.port),
-        "--served-model-name",
-        served_name,
+def plan_flags(placement: Placement, config: OperatorConfig) -> list[str]:
+    """``sglang.launch_server``'s flags for what the plan fixes (vLLM's quantization flags)."""
+    return [
         "--tp-size",
         str(placement.tensor_parallel_size),
         "--context-length",
@@ -60,8 +53,8 @@ def engine_args(
         "--mem-fraction-static",
         f"{config.gpu_memory_utilization:g}",
         "--enable-metrics",
+        *quantization_args(placement),
     ]
-    return args + quantization_args(placement) + list(user_args)
 
 
 def launch_argv(binary: str, model_dir: str, args: Sequence[str], *, host: str) -> list[str]:
@@ -88,9 +81,10 @@ class SGLang(TensorParallelGpuRuntime):
     )
     default_port = DEFAULT_PORT
     load_gauges = LOAD_GAUGES
-    flags = staticmethod(engine_args)
+    # Beside the offline variables: caches in /tmp (the root filesystem is read-only).
+    own_env = (("XDG_CACHE_HOME", "/tmp/cache"), ("TRITON_CACHE_DIR", "/tmp/triton"))
+    flags = staticmethod(plan_flags)
     command_line = staticmethod(launch_argv)
-    sizing = SizingRules(engine="sglang", overhead_per_device=2 * GIB, paged_kv_cache=True)
 
     def image(self, config: OperatorConfig, gpu: bool) -> str:
         """The SGLang image (CUDA only)."""
@@ -99,15 +93,6 @@ class SGLang(TensorParallelGpuRuntime):
     def architectures(self, config: OperatorConfig) -> tuple[str, ...]:
         """The CPU architectures the SGLang image is built for."""
         return config.sglang_architectures
-
-    def engine_env(self) -> list[dict[str, str]]:
-        """Offline (the model is local), caches in /tmp (the root filesystem is read-only)."""
-        return [
-            {"name": "HF_HUB_OFFLINE", "value": "1"},
-            {"name": "TRANSFORMERS_OFFLINE", "value": "1"},
-            {"name": "XDG_CACHE_HOME", "value": "/tmp/cache"},
-            {"name": "TRITON_CACHE_DIR", "value": "/tmp/triton"},
-        ]
 
 
 RUNTIME = SGLang()

@@ -3,7 +3,8 @@
 Sizing: vLLM pages its KV cache (PagedAttention) and allocates blocks as tokens arrive;
 the overhead is 2 GiB per GPU (CUDA context, CUDA graphs, NCCL buffers) plus the shared
 share of the weights (docs/sizing.md). A replica spans a tensor-parallel group: the GPU
-count must divide the attention heads.
+count must divide the attention heads. What vLLM shares with SGLang is
+``runtimes.base.TensorParallelGpuRuntime``'s.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from modeldeploy.runtimes.base import (
     TensorParallelGpuRuntime,
     has_flag,
 )
-from modeldeploy.sizing import GIB, SizingRules
 
 if TYPE_CHECKING:
     from modeldeploy.config import OperatorConfig
@@ -35,15 +35,9 @@ LOAD_GAUGES = LoadGauges(
 _DTYPES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32"}
 
 
-def engine_args(
-    placement: Placement, served_name: str, user_args: list[str], config: OperatorConfig
-) -> list[str]:
-    """Flags for ``vllm serve <model dir>``; the user's args come last and win."""
-    args = [
-        "--port",
-        str(config.port),
-        "--served-model-name",
-        served_name,
+def plan_flags(placement: Placement, config: OperatorConfig) -> list[str]:
+    """``vllm serve``'s flags for what the plan fixes (the base adds port and served name)."""
+    return [
         "--tensor-parallel-size",
         str(placement.tensor_parallel_size),
         "--max-model-len",
@@ -53,8 +47,8 @@ def engine_args(
         "--gpu-memory-utilization",
         f"{config.gpu_memory_utilization:g}",
         "--enable-prefix-caching",
+        *quantization_args(placement),
     ]
-    return args + quantization_args(placement) + list(user_args)
 
 
 def quantization_args(placement: Placement) -> list[str]:
@@ -65,17 +59,6 @@ def quantization_args(placement: Placement) -> list[str]:
     if placement.quantization in _DTYPES:
         return ["--dtype", _DTYPES[placement.quantization]]
     return []
-
-
-def engine_env() -> list[dict[str, str]]:
-    """vLLM environment: offline (the model is local), no telemetry, caches in /tmp."""
-    return [
-        {"name": "HF_HUB_OFFLINE", "value": "1"},
-        {"name": "TRANSFORMERS_OFFLINE", "value": "1"},
-        {"name": "VLLM_NO_USAGE_STATS", "value": "1"},
-        {"name": "DO_NOT_TRACK", "value": "1"},
-        {"name": "VLLM_CACHE_ROOT", "value": "/tmp/vllm"},
-    ]
 
 
 def launch_argv(binary: str, model_dir: str, args: Sequence[str], *, host: str) -> list[str]:
@@ -96,9 +79,14 @@ class VLLM(TensorParallelGpuRuntime):
     missing_binary_hint = "vllm not found on PATH (install vLLM, or set MODELDEPLOY_VLLM)"
     default_port = 8000
     load_gauges = LOAD_GAUGES
-    flags = staticmethod(engine_args)
+    # Beside the offline variables: no usage statistics, caches in /tmp (read-only root).
+    own_env = (
+        ("VLLM_NO_USAGE_STATS", "1"),
+        ("DO_NOT_TRACK", "1"),
+        ("VLLM_CACHE_ROOT", "/tmp/vllm"),
+    )
+    flags = staticmethod(plan_flags)
     command_line = staticmethod(launch_argv)
-    sizing = SizingRules(engine="vllm", overhead_per_device=2 * GIB, paged_kv_cache=True)
 
     def image(self, config: OperatorConfig, gpu: bool) -> str:
         """The vLLM image (CUDA only)."""
@@ -107,10 +95,6 @@ class VLLM(TensorParallelGpuRuntime):
     def architectures(self, config: OperatorConfig) -> tuple[str, ...]:
         """The CPU architectures the vLLM image is built for."""
         return config.vllm_architectures
-
-    def engine_env(self) -> list[dict[str, str]]:
-        """vLLM environment: offline, no telemetry, caches in /tmp."""
-        return engine_env()
 
 
 RUNTIME = VLLM()

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import posixpath
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 
@@ -22,6 +24,7 @@ class LocalLocation:
 
 
 Location = HttpLocation | LocalLocation
+Listed = TypeVar("Listed")
 
 
 def plain_http_hosts(env: Mapping[str, str]) -> set[str]:
@@ -72,3 +75,39 @@ class Source:
         if self._client is not None:
             self._client.close()
             self._client = None
+
+
+class BucketSource(Source):
+    """Objects under a prefix in one bucket, ``SCHEME://BUCKET/PREFIX`` (gs://, s3://): the
+    objects below ``PREFIX/``, or the one object ``PREFIX`` names."""
+
+    def __init__(self, uri: SourceURI, env: Mapping[str, str]) -> None:
+        super().__init__(uri, env)
+        self.bucket = uri.authority
+        self.prefix = uri.path.strip("/")
+
+    @property
+    def where(self) -> str:
+        """The bucket and prefix, for messages."""
+        return f"{self.uri.scheme}://{self.bucket}/{self.prefix}"
+
+    def by_name(
+        self, objects: Sequence[Listed], key: Callable[[Listed], str]
+    ) -> list[tuple[str, Listed]]:
+        """(file name, object) of the listed objects (``key``: an object's key): the one the
+        prefix names, else each object below the prefix (folder markers left out)."""
+        exact = [obj for obj in objects if self.prefix and key(obj) == self.prefix]
+        if exact:
+            return [(posixpath.basename(key(exact[0])), exact[0])]
+        directory = f"{self.prefix}/" if self.prefix else ""
+        return [
+            (key(obj)[len(directory) :], obj)
+            for obj in objects
+            if key(obj).startswith(directory) and not key(obj).endswith("/")
+        ]
+
+    def object_key(self, name: str) -> str:
+        """The key of the object holding file ``name``."""
+        if self.prefix and (self.prefix == name or self.prefix.endswith("/" + name)):
+            return self.prefix
+        return f"{self.prefix}/{name}" if self.prefix else name

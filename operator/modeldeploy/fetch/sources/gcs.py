@@ -11,7 +11,6 @@ MD5/CRC32C, not sha256: the sha256 is checked when the spec pins one and recorde
 
 from __future__ import annotations
 
-import posixpath
 from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import quote
@@ -20,20 +19,18 @@ from modeldeploy.fetch.download import HttpLocation
 from modeldeploy.fetch.envvars import AMBIENT_CREDENTIALS_VAR
 from modeldeploy.fetch.errors import CredentialError, FetchError, MissingFileError
 from modeldeploy.fetch.retry import RetryableError, retry_call
-from modeldeploy.fetch.sources.base import Location, Source
+from modeldeploy.fetch.sources.base import BucketSource, Location
 from modeldeploy.fetch.uri import SourceURI
 from modeldeploy.resolution import ArtifactFile, Listing
 
 READ_ONLY_SCOPE = "https://www.googleapis.com/auth/devstorage.read_only"
 
 
-class GcsSource(Source):
+class GcsSource(BucketSource):
     """Objects under a prefix in one GCS bucket."""
 
     def __init__(self, uri: SourceURI, env: Mapping[str, str]) -> None:
         super().__init__(uri, env)
-        self.bucket = uri.authority
-        self.prefix = uri.path.strip("/")
         self._gcs: Any = None
         self._credentials: Any = None
         self.emulator = env.get("STORAGE_EMULATOR_HOST") or None
@@ -99,34 +96,19 @@ class GcsSource(Source):
         return retry_call(attempt, what=what, options=self.options)
 
     def list(self, revision: str | None, hints: Sequence[str] = ()) -> Listing:
-        where = f"gs://{self.bucket}/{self.prefix}"
         blobs = self._call(
-            where, lambda: list(self.gcs.list_blobs(self.bucket, prefix=self.prefix))
+            self.where, lambda: list(self.gcs.list_blobs(self.bucket, prefix=self.prefix))
         )
-        directory = f"{self.prefix}/" if self.prefix else ""
-        files = []
-        exact = [b for b in blobs if self.prefix and b.name == self.prefix]
-        for blob in exact or blobs:
-            if exact:
-                name = posixpath.basename(blob.name)
-            elif blob.name.startswith(directory) and not blob.name.endswith("/"):
-                name = blob.name[len(directory) :]
-            else:
-                continue
-            files.append(
-                ArtifactFile(name=name, size=int(blob.size), ref=f"generation:{blob.generation}")
-            )
+        files = (
+            ArtifactFile(name=name, size=int(blob.size), ref=f"generation:{blob.generation}")
+            for name, blob in self.by_name(blobs, lambda blob: str(blob.name))
+        )
         return Listing(tuple(files), revision=None, derived_kind="generations")
-
-    def _object(self, name: str) -> str:
-        if self.prefix and (self.prefix == name or self.prefix.endswith("/" + name)):
-            return self.prefix
-        return f"{self.prefix}/{name}" if self.prefix else name
 
     def location(self, revision: str, file: ArtifactFile) -> Location:
         url = (
             f"{self._endpoint()}/download/storage/v1/b/{quote(self.bucket, safe='')}/o/"
-            f"{quote(self._object(file.name), safe='')}?alt=media"
+            f"{quote(self.object_key(file.name), safe='')}?alt=media"
         )
         if file.ref and file.ref.startswith("generation:"):
             url += "&generation=" + file.ref.removeprefix("generation:")

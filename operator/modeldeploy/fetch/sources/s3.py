@@ -15,7 +15,6 @@ for every store. Presigned URLs embed a signature: they are never logged.
 from __future__ import annotations
 
 import base64
-import posixpath
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -23,7 +22,7 @@ from modeldeploy.fetch.download import HttpLocation
 from modeldeploy.fetch.envvars import AMBIENT_CREDENTIALS_VAR
 from modeldeploy.fetch.errors import CredentialError, FetchError, MissingFileError
 from modeldeploy.fetch.retry import RetryableError, retry_call
-from modeldeploy.fetch.sources.base import Location, Source
+from modeldeploy.fetch.sources.base import BucketSource, Location
 from modeldeploy.fetch.uri import SourceURI
 from modeldeploy.resolution import ArtifactFile, Listing
 
@@ -41,13 +40,11 @@ _DENIED = {
 _MISSING = {"NoSuchBucket", "NoSuchKey", "NoSuchVersion", "404", "NotFound"}
 
 
-class S3Source(Source):
+class S3Source(BucketSource):
     """Objects under a key prefix in one bucket."""
 
     def __init__(self, uri: SourceURI, env: Mapping[str, str]) -> None:
         super().__init__(uri, env)
-        self.bucket = uri.authority
-        self.prefix = uri.path.strip("/")
         self._s3: Any = None
         self._versions: dict[str, str | None] = {}
 
@@ -116,10 +113,6 @@ class S3Source(Source):
         return retry_call(attempt, what=what, options=self.options)
 
     def list(self, revision: str | None, hints: Sequence[str] = ()) -> Listing:
-        where = f"s3://{self.bucket}/{self.prefix}"
-        objects: list[dict[str, Any]] = []
-        directory = f"{self.prefix}/" if self.prefix else ""
-
         def list_all() -> list[dict[str, Any]]:
             found: list[dict[str, Any]] = []
             paginator = self.s3.get_paginator("list_objects_v2")
@@ -127,24 +120,9 @@ class S3Source(Source):
                 found.extend(page.get("Contents", []))
             return found
 
-        objects = self._call(where, list_all)
-        exact = [o for o in objects if o["Key"] == self.prefix and self.prefix]
-        files = []
-        if exact:
-            obj = exact[0]
-            files.append(self._file(posixpath.basename(obj["Key"]), obj))
-        else:
-            for obj in objects:
-                key = obj["Key"]
-                if not key.startswith(directory) or key.endswith("/"):
-                    continue
-                files.append(self._file(key[len(directory) :], obj))
+        objects = self._call(self.where, list_all)
+        files = (self._file(name, obj) for name, obj in self.by_name(objects, lambda o: o["Key"]))
         return Listing(tuple(files), revision=None, derived_kind="etags")
-
-    def _key(self, name: str) -> str:
-        if self.prefix and (self.prefix == name or self.prefix.endswith("/" + name)):
-            return self.prefix
-        return f"{self.prefix}/{name}" if self.prefix else name
 
     @staticmethod
     def _file(name: str, obj: Mapping[str, Any]) -> ArtifactFile:
@@ -154,7 +132,7 @@ class S3Source(Source):
         """HEAD each selected object for its version id and full-object sha256."""
         enriched = []
         for file in files:
-            key = self._key(file.name)
+            key = self.object_key(file.name)
             head = self._call(
                 f"s3://{self.bucket}/{key}",
                 lambda key=key: self.s3.head_object(
@@ -176,7 +154,7 @@ class S3Source(Source):
         return tuple(enriched)
 
     def location(self, revision: str, file: ArtifactFile) -> Location:
-        params: dict[str, Any] = {"Bucket": self.bucket, "Key": self._key(file.name)}
+        params: dict[str, Any] = {"Bucket": self.bucket, "Key": self.object_key(file.name)}
         headers = {}
         if file.ref and file.ref.startswith("version:"):
             params["VersionId"] = file.ref.removeprefix("version:")
