@@ -24,6 +24,7 @@ from modeldeploy.api import ModelSource
 from modeldeploy.fetch.errors import (
     CredentialError,
     DigestMismatchError,
+    InvalidArtifactError,
     MissingFileError,
     SelectionError,
     SignatureInvalidError,
@@ -47,6 +48,7 @@ REFUSING_REASONS = frozenset(
         SelectionError,
         MissingFileError,
         CredentialError,
+        InvalidArtifactError,  # a malformed header, config.json or listing
         SignatureInvalidError,  # reported by the pods' fetchers; the operator never verifies
     )
 )

@@ -5,8 +5,9 @@ resolves when ``spec.model`` is new to it (not on every pass, and not on a chang
 replicas or serving flags, so a moving branch does not roll the workload out), takes the
 resolution recorded in ``status.artifact`` after an operator restart, and retries failures
 after a delay: a source that cannot be reached with backoff, a refusal (digest mismatch,
-no such quantization, credentials denied) slowly, since a fix may come from the source's
-side. Calls use short timeouts and few attempts: a pass must not hang on a slow hub.
+no such quantization, credentials denied, metadata that is malformed or out of bounds:
+``InvalidArtifact``) slowly, since a fix may come from the source's side. Calls use short
+timeouts and few attempts: a pass must not hang on a slow hub.
 
 Credentials come from the Secret ``spec.model.credentialsSecret`` names, read when needed
 and never kept, logged or written anywhere; every message is redacted of their values.

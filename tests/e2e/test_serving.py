@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import socket
+import struct
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -231,7 +232,9 @@ def test_a_fetch_that_fails_verification_is_reported_and_nothing_serves(
     if crd_cluster.workdir is None:
         pytest.skip("the pod runner runs pods of the local control plane only")
     tampered = tmp_path / "gemma-3-270m-tampered-Q4_K_M.gguf"
-    tampered.write_bytes(b"GGUF" + bytes(4096))  # not the file whose sha256 is pinned
+    # A well-formed GGUF header (version 3, no tensors, no fields) that the resolver reads,
+    # but not the file whose sha256 is pinned: only the fetcher's digest check can catch it.
+    tampered.write_bytes(b"GGUF" + struct.pack("<IQQ", 3, 0, 0) + bytes(4096))
     custom = client.CustomObjectsApi(crd_cluster.api_client())
     with (
         ModelMirror({tampered.name: tampered}) as mirror,

@@ -4,6 +4,7 @@ Modules: ``uri`` (source URIs), ``envvars`` (the names of credentials and settin
 ``select`` (files for a quantization), ``sources/`` (one per scheme), ``resolve`` (the
 resolution the operator records, a ``modeldeploy.resolution.Resolution``), ``gguf_header``
 (the one GGUF header parser: the architecture from range reads or a local file),
+``untrusted`` (the bounds within which headers, configs and listings are read),
 ``download`` and ``transport`` (parallel, resumable, verified transfers), ``layout`` (the
 cache's names), ``lock`` and ``cache`` (the shared cache), ``provenance``, ``signature``
 (model-signing bundles, verified offline before publishing), ``fetcher`` (the whole fetch)

@@ -68,3 +68,29 @@ class SignatureInvalidError(FetchError):
 
     exit_code = 9
     reason = "SignatureInvalid"
+
+
+class InvalidArtifactError(FetchError, ValueError):
+    """Metadata read from a source (a GGUF or safetensors header, ``config.json``, a
+    listing or manifest) that is malformed or outside the readers' bounds.
+
+    Waiting does not cure it: the source must serve other bytes. ``file`` names what was
+    read, ``problem`` says what is wrong; a ``ValueError`` too, for the local readers'
+    callers (``modeldeploy plan --gguf``, the BOM).
+    """
+
+    exit_code = 10
+    reason = "InvalidArtifact"
+
+    def __init__(self, file: str, problem: str, where: str = "") -> None:
+        super().__init__(f"{where}: {file}: {problem}" if where else f"{file}: {problem}")
+        self.file = file
+        self.problem = problem
+        self.where = where
+
+    def __reduce__(self) -> tuple[type[InvalidArtifactError], tuple[str, str, str]]:
+        return type(self), (self.file, self.problem, self.where)
+
+    def within(self, where: str) -> InvalidArtifactError:
+        """The same error, its message prefixed with the source (and revision) it came from."""
+        return InvalidArtifactError(self.file, self.problem, where=where)

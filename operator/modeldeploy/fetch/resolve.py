@@ -4,6 +4,9 @@ The operator calls ``resolve_model`` before it plans (to size from the real arch
 and record ``status.artifact``); the fetcher calls ``resolve`` and then downloads exactly
 the revision it returned. Pinned digests are checked against what the source publishes
 here, so a source that now serves other bytes is refused before anything is transferred.
+What a source says before download (its listing, a GGUF or safetensors header,
+``config.json``) is untrusted and read within bounds (``fetch.untrusted``): a malformed one
+raises ``InvalidArtifactError``, naming the source, revision and file.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from modeldeploy.fetch.envvars import AMBIENT_CREDENTIALS_VAR, settings_from_env
 from modeldeploy.fetch.errors import (
     DigestMismatchError,
     FetchError,
+    InvalidArtifactError,
     MissingFileError,
     SourceChangedError,
 )
@@ -33,6 +37,7 @@ from modeldeploy.fetch.retry import (
 from modeldeploy.fetch.select import select_files
 from modeldeploy.fetch.sources import open_source
 from modeldeploy.fetch.sources.base import LocalLocation, Source
+from modeldeploy.fetch.untrusted import check_listing
 from modeldeploy.fetch.uri import SourceURI
 from modeldeploy.resolution import ArtifactFile, Resolution, derive_revision, pin_mismatches
 
@@ -47,7 +52,12 @@ log = logging.getLogger(__name__)
 def read_range(
     source: Source, revision: str, file: ArtifactFile, offset: int, length: int
 ) -> bytes:
-    """Read ``length`` bytes at ``offset`` of a file of ``source`` (one Range request)."""
+    """Read ``length`` bytes at ``offset`` of a file of ``source`` (one Range request).
+
+    At most ``length`` bytes are taken from the response, whatever the server sends (a
+    server that ignores Range answers 200 with the whole file: the body is read only up to
+    the bytes wanted, then the connection is dropped).
+    """
     location = source.location(revision, file)
     if isinstance(location, LocalLocation):
         with location.path.open("rb") as handle:
@@ -57,14 +67,18 @@ def read_range(
 
     def get() -> bytes:
         headers = {**location.headers, "Range": f"bytes={offset}-{offset + length - 1}"}
-        response = source.client.get(location.url, headers=headers)
-        if is_transient_status(response.status_code):
-            raise RetryableError(f"HTTP {response.status_code}")
-        if response.status_code == 200:
-            return response.content[offset : offset + length]
-        if response.status_code != 206:
-            raise status_error(response.status_code, file.name)
-        return response.content
+        with source.client.stream("GET", location.url, headers=headers) as response:
+            if is_transient_status(response.status_code):
+                raise RetryableError(f"HTTP {response.status_code}")
+            if response.status_code not in (200, 206):
+                raise status_error(response.status_code, file.name)
+            skip = offset if response.status_code == 200 else 0
+            body = bytearray()
+            for chunk in response.iter_bytes():
+                body += chunk
+                if len(body) >= skip + length:
+                    break
+            return bytes(body[skip : skip + length])
 
     return retry_call(get, what=file.name, options=source.options)
 
@@ -96,6 +110,7 @@ def _resolve(
 ) -> Resolution:
     wanted = request.requested_revision
     listing = source.list(wanted, hints=request.files)
+    check_listing(listing.files, uri.canonical)
     selection = select_files(
         listing.names(),
         source=uri.canonical,
@@ -141,6 +156,8 @@ def _resolve(
                 selection.format,
                 files,
             )
+        except InvalidArtifactError as error:
+            raise error.within(f"{uri.canonical}@{revision}") from None
         except (FetchError, ValueError, KeyError) as error:
             log.warning("%s: could not read the model's architecture: %s", uri.canonical, error)
             architecture = None

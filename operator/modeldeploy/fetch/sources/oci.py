@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -22,11 +21,13 @@ from modeldeploy.fetch.download import HttpLocation
 from modeldeploy.fetch.errors import (
     CredentialError,
     FetchError,
+    InvalidArtifactError,
     MissingFileError,
     SourceChangedError,
 )
 from modeldeploy.fetch.retry import RetryableError, retry_call
 from modeldeploy.fetch.sources.base import Location, Source, plain_http_hosts
+from modeldeploy.fetch.untrusted import MAX_MANIFEST_BYTES, load_json
 from modeldeploy.fetch.uri import SourceURI
 from modeldeploy.resolution import ArtifactFile, Listing
 
@@ -121,13 +122,15 @@ class OciSource(Source):
             raise SourceChangedError(
                 f"{where}: the registry served a manifest with digest {digest}"
             )
-        manifest = json.loads(raw)
+        manifest = load_json(raw, "manifest", what="the manifest", max_bytes=MAX_MANIFEST_BYTES)
+        if not isinstance(manifest, dict):
+            raise InvalidArtifactError("manifest", "not a JSON object", where=where)
         if "layers" not in manifest:
             raise FetchError(
                 f"{where}: not an image/artifact manifest (an index?); pin a platform digest"
             )
         files = []
-        for layer in manifest["layers"]:
+        for layer in _layers(manifest, where):
             name = (layer.get("annotations") or {}).get(TITLE)
             layer_digest = str(layer["digest"])
             if not name:
@@ -138,7 +141,10 @@ class OciSource(Source):
             files.append(
                 ArtifactFile(name=name, size=int(layer["size"]), sha256=sha, ref=layer_digest)
             )
-        license_ = (manifest.get("annotations") or {}).get(LICENSES)
+        annotations = manifest.get("annotations") or {}
+        license_ = annotations.get(LICENSES) if isinstance(annotations, dict) else None
+        if license_ is not None and not isinstance(license_, str):
+            raise InvalidArtifactError("manifest", f"{LICENSES} is not a string", where=where)
         return Listing(tuple(files), revision=digest, license=license_)
 
     def location(self, revision: str, file: ArtifactFile) -> Location:
@@ -153,3 +159,28 @@ class OciSource(Source):
             basic = base64.b64encode(f"{self._username}:{self._password}".encode()).decode()
             headers["Authorization"] = f"Basic {basic}"
         return HttpLocation(url, headers)
+
+
+def _layers(manifest: dict[str, Any], where: str) -> list[dict[str, Any]]:
+    """The manifest's layers, each checked: an object with a string digest, a size and
+    string annotations (a bad manifest is ``InvalidArtifactError``, not a crash)."""
+    layers = manifest["layers"]
+    if not isinstance(layers, list):
+        raise InvalidArtifactError("manifest", "layers is not a list", where=where)
+    for index, layer in enumerate(layers):
+        problem = None
+        if not isinstance(layer, dict):
+            problem = "is not an object"
+        elif not isinstance(layer.get("digest"), str):
+            problem = "has no digest"
+        elif isinstance(layer.get("size"), bool) or not isinstance(layer.get("size"), int):
+            problem = "has no integer size"
+        elif layer["size"] < 0:
+            problem = "has a negative size"
+        else:
+            annotations = layer.get("annotations") or {}
+            if not isinstance(annotations, dict) or not isinstance(annotations.get(TITLE, ""), str):
+                problem = "has annotations that are not an object of strings"
+        if problem is not None:
+            raise InvalidArtifactError("manifest", f"layer {index} {problem}", where=where)
+    return layers
