@@ -6,10 +6,21 @@ prints, as JSON per N: p50/p99 seconds from create to the Deployment existing an
 (the operator's own counter, and every write of the operator's user agents in the API
 server's audit log, Kopf's own annotation patches included) per ModelDeployment.
 
-The cluster gets its own node pool (one large CPU node that admits 500 pods): the point
-is the operator, not the scheduler's bin-packing of 200 pods onto the simulated pool.
+The cluster gets its own node pool (one large CPU node that admits every pod of the run):
+the point is the operator, not the scheduler's bin-packing of 200 pods onto the simulated
+pool.
 
-    .venv/bin/python -m bench.reconcile [--n 1 200]
+The operator runs with the environment its image sets for memory (``MALLOC_ARENA_MAX``,
+``runtime-images/operator/Dockerfile``), unless ``--operator-env`` says otherwise. After the
+JSON, a table on stderr puts each figure beside its target (issue 15: peak RSS under
+200 MiB at N=200 and under 350 MiB at N=1000, p99 create→Deployment under 10 s at N=200)
+and, with ``--compare earlier.json``, beside an earlier run's figure with the ratio.
+``--tracemalloc FILE`` traces the operator's Python allocations
+(``bench/memprobe/sitecustomize.py``) and writes the top sites at the traced peak to FILE;
+tracing slows the operator, so use it to find where memory goes, not for the figures.
+
+    .venv/bin/python -m bench.reconcile [--n 1 200] [--compare before.json]
+        [--operator-env MALLOC_ARENA_MAX=8] [--tracemalloc /tmp/operator-heap.txt]
 """
 
 from __future__ import annotations
@@ -17,6 +28,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import json
+import os
 import secrets
 import statistics
 import sys
@@ -34,7 +46,13 @@ from e2e.harness import ClusterHandle, OperatorProcess, install_crds, wait_until
 from kubernetes import client, watch
 
 GROUP, VERSION, PLURAL = "modeldeploy.io", "v1alpha1", "modeldeployments"
-BENCH_NODE = {
+# What runtime-images/operator/Dockerfile sets for the operator's memory (glibc malloc: at
+# most two arenas, so the passes' threads do not each fragment an arena of their own).
+IMAGE_ENV = {"MALLOC_ARENA_MAX": "2"}
+# The figures issue 15 asks for, by N: (peak RSS MiB, p99 create→Deployment s).
+TARGETS = {200: (200.0, 10.0), 1000: (350.0, None)}
+MEMPROBE = Path(__file__).parent / "memprobe"
+BENCH_NODE: dict[str, Any] = {
     "apiVersion": "v1",
     "kind": "Node",
     "metadata": {
@@ -130,12 +148,19 @@ def audit_writes(cluster: ClusterHandle, namespace: str) -> Counter[str]:
     return counts
 
 
-def run_one(cluster: ClusterHandle, n: int) -> dict[str, Any]:
+def run_one(
+    cluster: ClusterHandle, n: int, env: dict[str, str], tracemalloc: Path | None = None
+) -> dict[str, Any]:
     """Create n ModelDeployments at once and measure until all are Ready."""
     namespace = f"bench-{n}-{secrets.token_hex(2)}"
     api = cluster.api_client()
     client.CoreV1Api(api).create_namespace({"metadata": {"name": namespace}})
-    operator = OperatorProcess(cluster.kubeconfig, namespace, resync_seconds=300).start()
+    env = dict(env)
+    if tracemalloc is not None:
+        path = os.pathsep.join(p for p in (str(MEMPROBE), os.environ.get("PYTHONPATH")) if p)
+        env |= {"PYTHONPATH": path, "MODELDEPLOY_BENCH_TRACEMALLOC": f"{tracemalloc}.{n}"}
+    operator = OperatorProcess(cluster.kubeconfig, namespace, resync_seconds=300, env=env)
+    operator.start()
     watcher = Watcher(api, namespace)
     watcher.start()
     custom = client.CustomObjectsApi(api)
@@ -155,11 +180,12 @@ def run_one(cluster: ClusterHandle, n: int) -> dict[str, Any]:
               file=sys.stderr, flush=True)  # fmt: skip
         return len(watcher.ready) >= n
 
-    wait_until(all_ready, timeout=600, what=f"{n} Ready")
+    wait_until(all_ready, timeout=max(600, 2 * n), what=f"{n} Ready")
     wall = time.monotonic() - started
     watcher.stop.set()
     assert operator.process is not None
     peak_rss = _peak_rss_mib(operator.process.pid)
+    cpu = _cpu_seconds(operator.process.pid)
     passes = operator.reconciles()
     writes = operator.metric("modeldeploy_api_writes_total")
     operator.stop()
@@ -168,6 +194,7 @@ def run_one(cluster: ClusterHandle, n: int) -> dict[str, Any]:
     to_ready = [watcher.ready[m] - created[m] for m in names]
     return {
         "n": n,
+        "operatorEnv": env,
         "createToDeploymentSeconds": {
             "p50": round(statistics.median(to_deployment), 3),
             "p99": round(percentile(to_deployment, 99), 3),
@@ -178,6 +205,7 @@ def run_one(cluster: ClusterHandle, n: int) -> dict[str, Any]:
         },
         "wallSeconds": round(wall, 2),
         "operatorPeakRssMiB": peak_rss,
+        "operatorCpuSeconds": cpu,
         "reconcilePasses": int(passes),
         "operatorWritesPerReconcile": round(writes / passes, 2) if passes else None,
         "allWritesPerModelDeployment": round(sum(writes_seen.values()) / n, 2),
@@ -192,23 +220,75 @@ def _peak_rss_mib(pid: int) -> float:
     return float("nan")
 
 
+def _figures(result: dict[str, Any]) -> dict[str, float]:
+    return {
+        "peak RSS MiB": result["operatorPeakRssMiB"],
+        "p50 create→Deployment s": result["createToDeploymentSeconds"]["p50"],
+        "p99 create→Deployment s": result["createToDeploymentSeconds"]["p99"],
+        "p99 create→Ready s": result["createToReadySeconds"]["p99"],
+        "wall s": result["wallSeconds"],
+        "operator CPU s": result.get("operatorCpuSeconds", 0.0),
+        "passes per MD": round(result["reconcilePasses"] / result["n"], 2),
+        "writes per MD": result["allWritesPerModelDeployment"],
+    }
+
+
+def summary(results: list[dict[str, Any]], earlier: list[dict[str, Any]] | None) -> str:
+    """Each figure beside its target and, when given, an earlier run's (and the ratio)."""
+    before = {r["n"]: _figures(r) for r in earlier or []}
+    rows = [f"{'N':>5}  {'figure':<26}{'now':>9}{'target':>9}{'before':>9}{'now/before':>11}"]
+    for result in results:
+        n = result["n"]
+        rss_target, p99_target = TARGETS.get(n, (None, None))
+        targets = {"peak RSS MiB": rss_target, "p99 create→Deployment s": p99_target}
+        for name, value in _figures(result).items():
+            target, old = targets.get(name), before.get(n, {}).get(name)
+            ratio = f"{value / old:.2f}" if old else "-"
+            mark = "" if target is None else (" ok" if value < target else " OVER")
+            rows.append(
+                f"{n:>5}  {name:<26}{value:>9}{target or '-':>9}{old or '-':>9}{ratio:>11}{mark}"
+            )
+    return "\n".join(rows)
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User and system CPU time of the process so far (``/proc/PID/stat``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return round((int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), 1)
+
+
 def main() -> None:
-    """Start a cluster, run each N, print JSON."""
+    """Start a cluster, run each N, print JSON (and the figures beside targets on stderr)."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--n", type=int, nargs="+", default=[1, 200])
+    parser.add_argument(
+        "--operator-env", action="append", default=[], metavar="KEY=VALUE",
+        help="an environment variable for the operator (over the image's MALLOC_ARENA_MAX)",
+    )  # fmt: skip
+    parser.add_argument("--compare", type=Path, help="an earlier run's JSON output")
+    parser.add_argument("--tracemalloc", type=Path, help="write the operator's heap sites here")
     args = parser.parse_args()
+    env = {**IMAGE_ENV, **dict(kv.split("=", 1) for kv in args.operator_env)}
+    env = {k: v for k, v in env.items() if v != ""}  # KEY= leaves KEY unset
+    earlier = json.loads(args.compare.read_text())["results"] if args.compare else None
     with tempfile.TemporaryDirectory(prefix="modeldeploy-bench-") as tmp:
         nodes = Path(tmp) / "nodes.yaml"
-        nodes.write_text(yaml.safe_dump(BENCH_NODE))
+        pods = str(max(500, 2 * max(args.n)))  # room for every pod, and a rollout's surge
+        node = {**BENCH_NODE, "status": {"allocatable": {**BENCH_NODE["status"]["allocatable"],
+                                                         "pods": pods},
+                                         "capacity": {**BENCH_NODE["status"]["capacity"],
+                                                      "pods": pods}}}  # fmt: skip
+        nodes.write_text(yaml.safe_dump(node))
         local = LocalCluster(Path(tmp) / "cluster", control_plane_bin_dir(), nodes_file=nodes)
         local.start()
         try:
             cluster = ClusterHandle(local.kubeconfig, None, workdir=local.workdir)
             install_crds(cluster)
-            results = [run_one(cluster, n) for n in args.n]
+            results = [run_one(cluster, n, env, args.tracemalloc) for n in args.n]
         finally:
             local.stop()
     print(json.dumps({"benchmark": "reconcile", "results": results}, indent=2))
+    print(summary(results, earlier), file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -123,6 +123,14 @@ class ChartOperator:
         except httpx.HTTPError:
             return False
 
+    def health(self) -> dict[str, Any]:
+        """The health endpoint's JSON body (healthy, leader, problems); {} when it is down."""
+        try:
+            found = httpx.get(f"http://127.0.0.1:{self.health_port}/healthz", timeout=2).json()
+        except (httpx.HTTPError, ValueError):
+            return {}
+        return found if isinstance(found, dict) else {}
+
     def log(self) -> str:
         """Everything the operator printed so far."""
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

@@ -38,6 +38,19 @@ NAMESPACE = "demo"
 OPERATOR_PID = "operator.pid"
 SERVED_EXAMPLE = "gemma-270m-cpu"  # examples/gemma-270m-cpu.yaml: the one served for real
 SERVE_TIMEOUT_S = 600.0
+# Illustrative on-demand list prices (USD per hour) for the simulated pool, so that the
+# planner minimises cost and `kubectl get mdep` shows COST/H (docs/placement.md).
+DEMO_SETTINGS = {
+    "planning": {
+        "gpuPricesPerHour": {
+            "NVIDIA-L4": 0.80,
+            "NVIDIA-A10G": 1.01,
+            "NVIDIA-H100-80GB-HBM3": 4.10,
+        },
+        "cpuPricePerVcpuHour": 0.034,
+        "memoryPricePerGibHour": 0.0045,
+    }
+}
 QUESTION = "Name three colours."
 
 
@@ -55,9 +68,11 @@ def start_operator(workdir: Path, source_env: dict[str, str]) -> int:
     stop_operator(workdir)
     log = (workdir / "logs" / "operator.log").open("ab")
     env = {**os.environ, **source_env, "KUBECONFIG": str(workdir / "kubeconfig")}
+    settings = workdir / "operator-settings.yaml"
+    settings.write_text(yaml.safe_dump(DEMO_SETTINGS))
     process = subprocess.Popen(
         [sys.executable, "-m", "modeldeploy", "run", "--standalone", "--resync-seconds", "30",
-         "--metrics-port", "0", "--health-port", "0"],
+         "--metrics-port", "0", "--health-port", "0", "--config", str(settings)],
         cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
         start_new_session=True,
     )  # fmt: skip

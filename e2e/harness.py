@@ -186,8 +186,14 @@ class OperatorProcess:
         *,
         autoscale_interval_seconds: float = 2.0,
         settings_file: Path | None = None,
+        identity: str | None = None,
+        lease: Mapping[str, str | float] | None = None,
     ) -> None:
         self.kubeconfig = kubeconfig
+        # POD_ID names the process (its Lease holder identity, in its user agent).
+        self.identity = identity
+        # Leader election (--leader-elect) with these flags, e.g. {"lease-namespace": ns}.
+        self.lease = dict(lease) if lease is not None else None
         self.namespace = namespace
         self.resync_seconds = resync_seconds
         self.autoscale_interval_seconds = autoscale_interval_seconds
@@ -199,11 +205,11 @@ class OperatorProcess:
         self.log_path = Path(tempfile.mkstemp(prefix="modeldeploy-operator-", suffix=".log")[1])
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> OperatorProcess:
-        """Start the operator and wait until its health endpoint answers."""
+    def start(self, wait: bool = True) -> OperatorProcess:
+        """Start the operator; with ``wait``, until its health endpoint answers 200."""
         argv = [
             sys.executable, "-m", "modeldeploy", "run",
-            *(["--peering", self.peering] if self.peering else ["--standalone"]),
+            *self._coordination(),
             *(["--config", str(self.settings_file)] if self.settings_file else []),
             "--namespace", self.namespace,
             "--resync-seconds", str(self.resync_seconds),
@@ -215,24 +221,40 @@ class OperatorProcess:
         env = {
             **os.environ,
             **self.env,
+            **({"POD_ID": self.identity} if self.identity else {}),
             "KUBECONFIG": str(self.kubeconfig),
             "PYTHONUNBUFFERED": "1",
         }
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
-        health = f"http://127.0.0.1:{self.health_port}/healthz"
 
         def healthy() -> bool:
             assert self.process is not None
             if self.process.poll() is not None:
                 raise RuntimeError(f"operator exited early:\n{self.log()}")
-            try:
-                return httpx.get(health, timeout=1).is_success
-            except httpx.HTTPError:
-                return False
+            return self.health()[0] == 200
 
-        wait_until(healthy, timeout=60, what="the operator's health endpoint")
+        if wait:
+            wait_until(healthy, timeout=60, what="the operator's health endpoint")
         return self
+
+    def _coordination(self) -> list[str]:
+        if self.lease is not None:
+            flags = [(f"--{name}", str(value)) for name, value in self.lease.items()]
+            return ["--leader-elect", *(part for flag in flags for part in flag)]
+        return ["--peering", self.peering] if self.peering else ["--standalone"]
+
+    def health(self, path: str = "/healthz") -> tuple[int, dict[str, Any]]:
+        """The health endpoint's status code and JSON body; (0, {}) when it does not answer."""
+        try:
+            response = httpx.get(f"http://127.0.0.1:{self.health_port}{path}", timeout=2)
+        except httpx.HTTPError:
+            return 0, {}
+        try:
+            body = response.json()
+        except ValueError:
+            body = {}
+        return response.status_code, body if isinstance(body, dict) else {}
 
     def log(self) -> str:
         """Everything the operator printed so far."""

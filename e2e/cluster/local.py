@@ -162,6 +162,23 @@ class LocalCluster:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+    # -- outages (tests) -------------------------------------------------------------
+
+    def stop_apiserver(self) -> None:
+        """Stop kube-apiserver alone (etcd and the other components keep running)."""
+        component = next(c for c in self.components if c.name == "kube-apiserver")
+        _terminate(component.process)
+        component.log_file.close()
+        self._apiserver_slot = self.components.index(component)
+        self.components.remove(component)
+
+    def start_apiserver(self) -> None:
+        """Start kube-apiserver again, on its port and with its etcd; wait until it is ready
+        (in its place among the components, so ``stop`` keeps its order)."""
+        self._start_apiserver()
+        slot = getattr(self, "_apiserver_slot", len(self.components) - 1)
+        self.components.insert(slot, self.components.pop())
+
     # -- components ------------------------------------------------------------------
 
     def _spawn(self, name: str, args: list[str]) -> Component:

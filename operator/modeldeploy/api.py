@@ -51,7 +51,7 @@ from pydantic_core import PydanticCustomError
 from modeldeploy import catalog
 from modeldeploy.wire import FieldRuleError as _FieldRuleError
 from modeldeploy.wire import SpecError as SpecError  # noqa: PLC0414 - api.SpecError stays
-from modeldeploy.wire import spec_error_from, wire_config
+from modeldeploy.wire import parse_wire, wire_config
 
 API_GROUP = "modeldeploy.io"
 API_VERSION = "v1alpha1"
@@ -384,6 +384,12 @@ class Cache(_ApiModel):
     access_mode: AccessMode = "ReadWriteMany"
 
 
+class Budget(_ApiModel):
+    """What the replicas may cost, in the currency of the operator's prices."""
+
+    max_cost_per_hour: Annotated[float, Field(ge=0.0001, le=1_000_000)] | None = None
+
+
 class ModelDeploymentSpec(_ApiModel):
     """The desired state: one model served by one engine on one hardware class."""
 
@@ -394,6 +400,7 @@ class ModelDeploymentSpec(_ApiModel):
     replicas: Annotated[int, Field(ge=0)] = 1
     autoscaling: Autoscaling = Field(default_factory=Autoscaling)
     cache: Cache = Field(default_factory=Cache)
+    budget: Budget = Field(default_factory=Budget)
 
     @model_validator(mode="after")
     def _check_rules(self) -> ModelDeploymentSpec:
@@ -492,37 +499,20 @@ class ModelDeployment(_ApiModel):
 
 def parse_model_deployment(obj: object) -> ModelDeployment:
     """Validate a ModelDeployment object (camelCase keys) or raise one SpecError."""
-    if not isinstance(obj, dict):
-        raise SpecError("", f"a ModelDeployment must be a mapping, not {type(obj).__name__}")
-    try:
-        return ModelDeployment.model_validate(obj, by_alias=True, by_name=False)
-    except ValidationError as error:
-        raise _spec_error_from(error) from None
+    return parse_wire(
+        obj,
+        ModelDeployment,
+        alias=_alias,
+        pattern_message=_pattern_message,
+        kind="a ModelDeployment",
+    )
 
 
 def parse_spec(obj: object) -> ModelDeploymentSpec:
     """Validate just a ``spec`` mapping or raise one SpecError with a ``spec.`` path."""
-    if not isinstance(obj, dict):
-        raise SpecError("spec", f"must be a mapping, not {type(obj).__name__}")
-    try:
-        return ModelDeploymentSpec.model_validate(obj, by_alias=True, by_name=False)
-    except ValidationError as error:
-        raise _spec_error_from(error, prefix=("spec",)) from None
-
-
-def _spec_error_from(error: ValidationError, prefix: tuple[str, ...] = ()) -> SpecError:
-    """One SpecError about the first problem pydantic found (``wire.spec_error_from``)."""
-    return spec_error_from(
-        error,
-        root=_root_for(prefix),
-        alias=_alias,
-        pattern_message=_pattern_message,
-        prefix=prefix,
+    return parse_wire(
+        obj, ModelDeploymentSpec, alias=_alias, pattern_message=_pattern_message, prefix=("spec",)
     )
-
-
-def _root_for(prefix: tuple[str, ...]) -> type[BaseModel]:
-    return ModelDeploymentSpec if prefix == ("spec",) else ModelDeployment
 
 
 def _pattern_message(location: tuple[str | int, ...], value: object) -> str:

@@ -72,8 +72,18 @@ def _add_plan(commands: Any) -> None:
     nodes.add_argument(
         "--nodes", help="Node objects: `kubectl get nodes -o yaml` output or multi-document YAML"
     )
-    nodes.add_argument("--kubeconfig", help="list the nodes of this cluster")
+    nodes.add_argument(
+        "--kubeconfig", help="list the nodes of this cluster (and its pods: free capacity)"
+    )
     plan.add_argument("-o", "--output", choices=("json", "yaml"), help="print the full plan")
+    plan.add_argument(
+        "--alternatives",
+        action="store_true",
+        help="list every hardware class: whether it fits, what is short, free room, cost",
+    )
+    plan.add_argument(
+        "--settings", type=Path, help="the operator's settings file (planning: prices, images)"
+    )
     _add_artifact_options(plan)
     plan.set_defaults(handler=run_plan)
 
@@ -130,14 +140,23 @@ def load_nodes(path: str) -> list[dict[str, Any]]:
 
 def list_cluster_nodes(kubeconfig: str) -> list[dict[str, Any]]:
     """List the cluster's nodes with the kubernetes client, as plain dicts."""
+    return _list_core(kubeconfig, "list_node")
+
+
+def list_cluster_pods(kubeconfig: str) -> list[dict[str, Any]]:
+    """List every pod of the cluster with the kubernetes client, as plain dicts."""
+    return _list_core(kubeconfig, "list_pod_for_all_namespaces")
+
+
+def _list_core(kubeconfig: str, method: str) -> list[dict[str, Any]]:
     from kubernetes import client
     from kubernetes import config as kube_config
 
     api_client = kube_config.new_client_from_config(config_file=kubeconfig)  # type: ignore[no-untyped-call,unused-ignore]
     with api_client:
-        items = client.CoreV1Api(api_client).list_node().items
-        nodes: list[dict[str, Any]] = api_client.sanitize_for_serialization(items)
-    return nodes
+        items = getattr(client.CoreV1Api(api_client), method)().items
+        found: list[dict[str, Any]] = api_client.sanitize_for_serialization(items)
+    return found
 
 
 def _artifact(args: argparse.Namespace) -> Any:
@@ -162,19 +181,27 @@ def _emit(data: Any, output: str, stream: TextIO) -> None:
 
 def run_plan(args: argparse.Namespace) -> int:
     """``modeldeploy plan``: print the decision and objects, or refuse with exit 2."""
-    from modeldeploy.plan import PlanError, plan_object
+    from modeldeploy.api import parse_model_deployment
+    from modeldeploy.plan import PlanError, plan
 
     try:
         document = load_model_deployment(args.filename)
         artifact = _artifact(args)
+        config = _planning_settings(args.settings)
+        usage: list[Any] = []
         if args.nodes:
             nodes = load_nodes(args.nodes)
         else:
             try:
                 nodes = list_cluster_nodes(args.kubeconfig)
+                usage = _usage(list_cluster_pods(args.kubeconfig))
             except Exception as error:  # any client failure is one message
-                return fail("plan", f"cannot list nodes: {error}", EXIT_FAILURE)
-        result = plan_object(document, nodes, artifact=artifact)
+                return fail("plan", f"cannot list nodes and pods: {error}", EXIT_FAILURE)
+        md = parse_model_deployment(document)
+        load = _load(nodes, usage)
+        if args.alternatives:
+            return _print_alternatives(md, nodes, config, artifact, load, output=args.output)
+        result = plan(md, nodes, config, artifact=artifact, load=load)
     except CliError as error:
         return fail("plan", str(error))
     except PlanError as error:
@@ -184,6 +211,76 @@ def run_plan(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(_summary(result.as_dict()))
     return EXIT_OK
+
+
+def _planning_settings(path: Path | None) -> Any:
+    """The planning settings of an operator settings file, or the defaults."""
+    from modeldeploy.config import OperatorConfig
+    from modeldeploy.settings import SettingsError, load_settings
+
+    if path is None:
+        return OperatorConfig()
+    try:
+        return load_settings(path, {}).planning
+    except SettingsError as error:
+        raise CliError(str(error)) from None
+
+
+def _usage(pods: list[dict[str, Any]]) -> list[Any]:
+    from modeldeploy.observed import pod_usage
+
+    return [usage for usage in map(pod_usage, pods) if usage is not None]
+
+
+def _load(nodes: list[dict[str, Any]], usage: list[Any]) -> Any:
+    """What the nodes have free (all of it for a file of nodes: no pods are known)."""
+    from modeldeploy.capacity import free_by_node
+    from modeldeploy.nodes import parse_node
+    from modeldeploy.placement import ClusterLoad
+
+    return ClusterLoad(free=free_by_node([parse_node(n) for n in nodes], usage))
+
+
+def _print_alternatives(
+    md: Any, nodes: list[dict[str, Any]], config: Any, artifact: Any, load: Any, *, output: Any
+) -> int:
+    """``plan --alternatives``: the table (or JSON/YAML) of every class; exit 2 if none fits."""
+    from modeldeploy.alternatives import plan_alternatives
+
+    rows = plan_alternatives(md.spec, nodes, config, artifact, load)
+    if output:
+        _emit({"alternatives": rows}, output, sys.stdout)
+    else:
+        sys.stdout.write(_alternatives_table(rows))
+    return EXIT_OK if any(row["chosen"] for row in rows) else EXIT_INVALID
+
+
+def _alternatives_table(rows: list[dict[str, Any]]) -> str:
+    from modeldeploy.pricing import money
+
+    header = ("", "CLASS", "NODES", "FREE GPU/CPU/MEMORY", "COST/REPLICA", "FITS")
+    lines = [header]
+    for row in rows:
+        free = row["free"]
+        room = f"{free['gpus']}/{free['cpuMillis'] // 1000}/{free['memoryBytes'] // 1024**3}Gi"
+        cost = row["costPerReplicaPerHour"]
+        fits = "yes" if row["fits"] else f"no: {row['short']}"
+        lines.append(
+            (
+                "*" if row["chosen"] else "",
+                row["hardwareClass"],
+                str(row["nodes"]),
+                room,
+                money(cost) if cost is not None else "-",
+                fits,
+            )
+        )
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header) - 1)]
+    text = ""
+    for line in lines:
+        cells = [cell.ljust(width) for cell, width in zip(line, widths, strict=False)]
+        text += "  ".join([*cells, line[-1]]).rstrip() + "\n"
+    return text + "* the class the planner chooses\n"
 
 
 def _gib(value: int) -> str:
@@ -219,6 +316,13 @@ def _summary(plan: dict[str, Any]) -> str:
     if "gpuLayers" in decision:
         engine += f", {decision['gpuLayers']} GPU layers"
     lines.append(engine)
+    if "costPerHour" in decision:
+        from modeldeploy.pricing import money
+
+        lines.append(
+            f"  cost      {money(decision['costPerReplicaPerHour'])} per replica, "
+            f"{money(decision['costPerHour'])} in all"
+        )
     lines.append(f"  reason    {decision['reason']}")
     objects = ", ".join(f"{o['kind']}/{o['metadata']['name']}" for o in plan["objects"])
     lines.append(f"  objects   {objects}")
@@ -305,8 +409,22 @@ def _add_run(commands: Any) -> None:
         "--autoscale-interval-seconds", type=float, help="period of the native autoscaler"
     )
     peering = run.add_mutually_exclusive_group()
-    peering.add_argument("--peering", help="Kopf peering name (one active replica)")
-    peering.add_argument("--standalone", action="store_true", help="no peering (default)")
+    peering.add_argument(
+        "--leader-elect",
+        action="store_true",
+        help="act only while holding the leader Lease; stand by otherwise (replicas)",
+    )
+    peering.add_argument("--peering", help="Kopf peering name (pause while another runs)")
+    peering.add_argument(
+        "--standalone", action="store_true", help="no peering, no leader election (default)"
+    )
+    run.add_argument("--lease-name", help="name of the leader Lease")
+    run.add_argument("--lease-namespace", help="its namespace (default: the pod's)")
+    run.add_argument("--lease-duration-seconds", type=int, help="how long standbys wait")
+    run.add_argument(
+        "--renew-deadline-seconds", type=float, help="how long the leader acts unrenewed"
+    )
+    run.add_argument("--retry-period-seconds", type=float, help="period of reads and renewals")
     run.add_argument("--metrics-port", type=int, help="Prometheus port (0: off)")
     run.add_argument("--health-port", type=int, help="liveness /healthz port (0: off)")
     run.add_argument("--bind-address", help="address of the metrics and health ports")
@@ -333,6 +451,13 @@ def run_operator_command(args: argparse.Namespace) -> int:
         "healthPort": args.health_port,
         "bindAddress": args.bind_address,
         "logFormat": args.log_format,
+        "leaderElection": {
+            "leaseName": args.lease_name,
+            "namespace": args.lease_namespace,
+            "leaseDurationSeconds": args.lease_duration_seconds,
+            "renewDeadlineSeconds": args.renew_deadline_seconds,
+            "retryPeriodSeconds": args.retry_period_seconds,
+        },
     }
     try:
         settings = load_settings(args.config, overrides)
@@ -342,10 +467,18 @@ def run_operator_command(args: argparse.Namespace) -> int:
         settings = settings.model_copy(
             update={"planning": replace(settings.planning, source_settings=source_settings())}
         )
+    # The coordination flags exclude each other, and each turns the other two off.
+    election = settings.leader_election
     if args.peering:
+        election = election.model_copy(update={"enabled": False})
         settings = settings.model_copy(update={"peering": args.peering})
     elif args.standalone:
+        election = election.model_copy(update={"enabled": False})
         settings = settings.model_copy(update={"peering": None})
+    elif args.leader_elect:
+        election = election.model_copy(update={"enabled": True})
+        settings = settings.model_copy(update={"peering": None})
+    settings = settings.model_copy(update={"leader_election": election})
     log_format = kopf.LogFormat.JSON if settings.log_format == "json" else kopf.LogFormat.PLAIN
     kopf.configure(verbose=args.verbose, log_format=log_format)
     asyncio.run(run_operator(settings))

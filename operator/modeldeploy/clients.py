@@ -1,5 +1,8 @@
 """The operator's connections: the API client, the Secret reader, the peering reader, the
 identity it announces itself with. Used by the Kopf wiring (``handlers``) at start-up.
+
+Every client's user agent is ``modeldeploy/<version> (<identity>)``, so the API server's
+audit log tells the writes of two operator replicas apart.
 """
 
 from __future__ import annotations
@@ -23,15 +26,52 @@ PEERING_GROUP, PEERING_VERSION = "kopf.dev", "v1"
 PeeringReader = Callable[[], list[Mapping[str, Any] | None]]
 
 
-def api_client() -> client.ApiClient:
-    """The Kubernetes API client: in-cluster, else the kubeconfig; our user agent."""
+def api_client(who: str = "") -> client.ApiClient:
+    """The Kubernetes API client: in-cluster, else the kubeconfig; our user agent (with
+    the process's identity ``who`` when given)."""
+    _load_config()
+    api = client.ApiClient()
+    api.user_agent = user_agent(who)  # tells our calls apart in audit logs
+    return api
+
+
+def probe_client(who: str = "") -> client.ApiClient:
+    """A client for the Lease and the health probe: no urllib3 retries (their callers
+    retry on their own period, and a call must fail within its timeout)."""
+    _load_config()
+    configuration = client.Configuration.get_default_copy()
+    configuration.retries = False
+    api = client.ApiClient(configuration)
+    api.user_agent = user_agent(who)
+    return api
+
+
+def user_agent(who: str = "") -> str:
+    """``modeldeploy/<version>``, with `` (<identity>)`` when given."""
+    return f"modeldeploy/{__version__}" + (f" ({who})" if who else "")
+
+
+def _load_config() -> None:
     try:
         kube_config.load_incluster_config()
     except kube_config.ConfigException:
         kube_config.load_kube_config()
-    api = client.ApiClient()
-    api.user_agent = f"modeldeploy/{__version__}"  # tells our calls apart in audit logs
-    return api
+
+
+SERVICE_ACCOUNT_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+
+
+def own_namespace() -> str | None:
+    """The namespace of the operator's pod (``POD_NAMESPACE``, else the service account's
+    mounted namespace file); None outside a cluster."""
+    found = os.environ.get("POD_NAMESPACE")
+    if found:
+        return found
+    try:
+        with open(SERVICE_ACCOUNT_NAMESPACE) as file:
+            return file.read().strip() or None
+    except OSError:
+        return None
 
 
 def secret_reader(core: client.CoreV1Api) -> Any:

@@ -38,8 +38,9 @@ CONTAINER_SECURITY_CONTEXT: Mapping[str, Any] = {
 class OperatorConfig:
     """Settings for planning and rendering; every field has a working default."""
 
-    # runtime-images/: llamacpp/Dockerfile (portable CPU), llamacpp/Dockerfile.cuda, vllm/,
-    # sglang/, operator/ (the operator and the fetcher init container).
+    # runtime-images/: llamacpp/Dockerfile (portable CPU), llamacpp/Dockerfile.cuda,
+    # tensor-parallel/Dockerfile (vLLM and SGLang, by ENGINE build argument), operator/ (the
+    # operator and the fetcher init container).
     llamacpp_image: str = f"ghcr.io/modeldeploy/llamacpp:{__version__}"
     llamacpp_gpu_image: str = f"ghcr.io/modeldeploy/llamacpp:{__version__}-cuda"
     vllm_image: str = f"ghcr.io/modeldeploy/vllm:{__version__}"
@@ -53,8 +54,8 @@ class OperatorConfig:
     # Share of each GPU's memory a replica may plan to use (vLLM --gpu-memory-utilization);
     # the rest absorbs fragmentation and other processes on the device.
     gpu_memory_utilization: float = 0.90
-    # llama.cpp threads: three quarters of the smallest node's cores, at most this many
-    # (token generation is memory-bound and stops scaling well before all cores).
+    # llama.cpp threads on CPU nodes follow the model (``sizing.cpu_threads``), at most this
+    # many and at most three quarters of the smallest node's cores.
     max_cpu_threads: int = 16
     gpu_llamacpp_threads: int = 4
     # Host memory of GPU replicas (the weights live on the GPU): llama.cpp needs little;
@@ -87,3 +88,24 @@ class OperatorConfig:
     prometheus_server_address: str = "http://prometheus-operated.monitoring.svc:9090"
     keda_polling_interval_seconds: int = 15
     hpa_metric_name: str = "modeldeploy_requests_in_flight"
+    # Prices (docs/placement.md): per hour of one GPU by its nvidia.com/gpu.product value, per
+    # vCPU-hour and GiB-hour of CPU classes; ``price_label`` splits classes by a node label
+    # (a spot/on-demand marker) whose values scale the price. With any price set, the
+    # planner picks the cheapest class that fits instead of the smallest.
+    gpu_prices_per_hour: Mapping[str, float] = field(default_factory=dict)
+    cpu_price_per_vcpu_hour: float | None = None
+    memory_price_per_gib_hour: float | None = None
+    price_label: str | None = None
+    price_label_multipliers: Mapping[str, float] = field(default_factory=dict)
+    # A ModelDeployment whose pods stay unschedulable this long on its class is re-planned
+    # onto another class (each class at most once per generation, so it never flaps).
+    replan_after_seconds: int = 120
+
+    @property
+    def priced(self) -> bool:
+        """Whether any price is set (then placement minimises cost)."""
+        return bool(
+            self.gpu_prices_per_hour
+            or self.cpu_price_per_vcpu_hour is not None
+            or self.memory_price_per_gib_hour is not None
+        )

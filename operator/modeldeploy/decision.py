@@ -47,6 +47,9 @@ class Placement:
     node_selector: dict[str, str]
     reason: str
     architecture: ModelArchitecture | None = None
+    cost_per_replica: float | None = None  # per hour, when the settings price the class
+    cost_replicas: int = 1  # the replicas the total covers (maxReplicas under autoscaling)
+    avoided: tuple[str, ...] = ()  # classes re-planned away from in this generation
 
     @property
     def node_affinity(self) -> dict[str, Any]:
@@ -82,5 +85,10 @@ class Placement:
             decision["threads"] = self.threads
         if self.gpu_layers is not None:
             decision["gpuLayers"] = self.gpu_layers
+        if self.cost_per_replica is not None:
+            decision["costPerReplicaPerHour"] = self.cost_per_replica
+            decision["costPerHour"] = round(self.cost_per_replica * self.cost_replicas, 4)
+        if self.avoided:
+            decision["avoidedClasses"] = list(self.avoided)
         decision["reason"] = self.reason
         return decision

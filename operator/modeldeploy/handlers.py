@@ -14,6 +14,10 @@ none, and the drift check and the native autoscaler are tasks of the operator, s
 start-up and stopped at clean-up (``passes``) — not Kopf timers, for which Kopf puts a
 finalizer on every object it runs for. A finalizer an earlier operator left is released
 on first sight.
+
+``run_operator`` runs beside Kopf what must not depend on it: the health endpoints
+(``health``) and, with several replicas, leader election (``election``): every replica
+runs these handlers, and only the holder of the Lease runs passes (``passes.acting``).
 """
 
 from __future__ import annotations
@@ -31,13 +35,24 @@ from prometheus_client import start_http_server
 from modeldeploy.api import API_GROUP, API_VERSION, PLURAL
 from modeldeploy.apply import Writer
 from modeldeploy.autoscaler import Autoscaler
-from modeldeploy.clients import api_client, identity, peering_reader, secret_reader
+from modeldeploy.clients import (
+    api_client,
+    identity,
+    own_namespace,
+    peering_reader,
+    probe_client,
+    secret_reader,
+)
+from modeldeploy.election import KubernetesLeases, Leadership
+from modeldeploy.health import KOPF_BACKOFFS, Health, KopfMonitor, probe_forever, serve
 from modeldeploy.metrics import set_phase_counts
 from modeldeploy.observed import node_facts, owner_key, pod_facts, policy_facts, snapshot
+from modeldeploy.observed import pod_usage as bound_pod_usage
 from modeldeploy.passes import (
     ALL_NODES,
     State,
     autoscale_forever,
+    elected_round,
     indexes_of,
     key_of,
     reconcile_key,
@@ -75,6 +90,10 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: An
     )
     settings.posting.enabled = False  # our own Events, for decisions and failures only
     settings.watching.server_timeout = 300
+    # A failed list or watch is retried at most 5 s apart (health.py), for about a minute
+    # before Kopf gives up; a connection that cannot be made fails in 10 s.
+    settings.networking.error_backoffs = KOPF_BACKOFFS
+    settings.networking.connect_timeout = 10
     webhook = state.settings.admission
     if webhook.enabled:
         # The chart registers the ValidatingWebhookConfiguration (and its CA bundle); this
@@ -85,7 +104,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: An
             certfile=str(webhook.cert_file),
             pkeyfile=str(webhook.key_file),
         )
-    api = api_client()
+    api = api_client(state.identity)
     state.writer = Writer(api)
     state.resolver = ArtifactResolver(
         secret_reader(client.CoreV1Api(api)), dict(state.settings.planning.source_settings)
@@ -103,11 +122,18 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: An
         autoscale_forever(state, indexes_of(kwargs)), name="autoscale"
     )
     log.info(
-        "modeldeploy operator starting: namespaces=%s resync=%ss peering=%s",
+        "modeldeploy operator starting: namespaces=%s resync=%ss coordination=%s",
         state.settings.namespaces or "all",
         state.settings.resync_seconds,
-        state.settings.peering or "standalone",
+        _coordination(state.settings),
     )
+    if state.leader is not None:
+        # On taking the Lease: a pass for every ModelDeployment (a standby ran none).
+        live = indexes_of(kwargs)
+        state.leader.attach(
+            lambda: elected_round(state, live),
+            busy=lambda: any(lock.locked() for lock in list(state.locks.values())),
+        )
 
 
 @kopf.on.cleanup()
@@ -164,6 +190,13 @@ def namespace_labels(body: kopf.Body, name: str, **_: Any) -> Any:
     return {name: dict(body.get("metadata", {}).get("labels") or {})}
 
 
+@kopf.index("v1", "pods")
+def pod_usage(body: kopf.Body, **_: Any) -> Any:
+    """Every bound, unfinished pod's node and requests (free capacity for placement)."""
+    usage = bound_pod_usage(body)
+    return {ALL_NODES: usage} if usage is not None else None
+
+
 @kopf.index("v1", "pods", labels=CHILD_LABELS)
 def child_pods(body: kopf.Body, namespace: str | None, labels: kopf.Labels, **_: Any) -> Any:
     """Pods of managed Deployments, by owning ModelDeployment (status facts only)."""
@@ -198,6 +231,8 @@ async def model_deployment_event(
         state.phases.pop(key, None)
         state.locks.pop(key, None)
         state.seen.discard(key)
+        with state.reservations.planning() as book:
+            book.forget(key)
         set_phase_counts(state.phases.values())
         return
     observed = (body.get("status") or {}).get("observedGeneration")
@@ -256,21 +291,90 @@ async def child_changed(
 
 
 async def run_operator(settings: OperatorSettings) -> None:
-    """Run the operator until it is stopped (SIGTERM/SIGINT)."""
+    """Run the operator until it is stopped (SIGTERM/SIGINT).
+
+    Health (``health``) and leader election (``election``) run beside Kopf, not inside it:
+    every replica serves health, and the Lease is released only once Kopf, and every pass,
+    has stopped.
+    """
     if settings.admission.enabled:
         # Registers the validating webhook's handler with Kopf (see admission.py).
         from modeldeploy import admission  # noqa: F401
     state = State(settings, identity=identity())
     memo = kopf.Memo(state=state)
-    endpoint = None
-    if settings.health_port:
-        endpoint = f"http://{settings.bind_address}:{settings.health_port}/healthz"
-    await kopf.operator(
-        clusterwide=not settings.namespaces,
-        namespaces=settings.namespaces,
-        standalone=settings.peering is None,
-        peering_name=settings.peering,
-        identity=cast(Any, state.identity),  # kopf's Identity is a NewType of str
-        liveness_endpoint=endpoint,
-        memo=memo,
+    probes = probe_client(state.identity)
+    leader = state.leader = _leadership(settings, state.identity, probes)
+    health = Health(
+        identity=state.identity, leader=lambda: None if leader is None else leader.leading
     )
+    monitor = KopfMonitor(health)
+    logging.getLogger("kopf").addHandler(monitor)
+    runner = None
+    if settings.health_port:
+        runner = await serve(health, settings.bind_address, settings.health_port)
+    tasks = [asyncio.create_task(probe_forever(health, probes), name="API server probe")]
+    if leader is not None:
+        tasks.append(asyncio.create_task(leader.run(), name="leader election"))
+    try:
+        await kopf.operator(
+            clusterwide=not settings.namespaces,
+            namespaces=settings.namespaces,
+            standalone=settings.peering is None,
+            peering_name=settings.peering,
+            identity=cast(Any, state.identity),  # kopf's Identity is a NewType of str
+            memo=memo,
+        )
+    except BaseException as error:
+        health.kopf_stopped = health.kopf_stopped or f"{type(error).__name__}: {error}"
+        raise
+    finally:
+        health.kopf_stopped = health.kopf_stopped or "the operator is stopping"
+        if leader is not None:
+            if await _passes_ended(RELEASE_GRACE_S):
+                await leader.release(grace=RELEASE_GRACE_S)
+            else:
+                log.warning("passes still run: the Lease is left to expire")
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if runner is not None:
+            await runner.cleanup()
+        logging.getLogger("kopf").removeHandler(monitor)
+
+
+RELEASE_GRACE_S = 10.0  # how long a stopping leader waits for passes before it releases
+
+
+def _leadership(settings: OperatorSettings, who: str, api: client.ApiClient) -> Leadership | None:
+    """The Lease this process competes for (None: leader election off)."""
+    election = settings.leader_election
+    if not election.enabled:
+        return None
+    namespace = election.namespace or own_namespace()
+    if not namespace:
+        raise RuntimeError(
+            "leaderElection.namespace is needed outside a cluster (no POD_NAMESPACE, no "
+            "service account namespace): --lease-namespace NAMESPACE"
+        )
+    timeout = max(1.0, min(2 * election.retry_period_seconds, election.renew_deadline_seconds / 2))
+    leases = KubernetesLeases(api, namespace, election.lease_name, timeout)
+    return Leadership(election, who, namespace, leases)
+
+
+async def _passes_ended(grace: float) -> bool:
+    """Wait up to ``grace`` seconds for the passes' threads (Kopf has stopped: no new one
+    starts); False when one still runs."""
+    loop = asyncio.get_running_loop()
+    try:
+        await asyncio.wait_for(asyncio.shield(loop.shutdown_default_executor()), grace)
+    except TimeoutError:
+        return False
+    return True
+
+
+def _coordination(settings: OperatorSettings) -> str:
+    """How this process coordinates with other replicas, for the start-up line."""
+    if settings.leader_election.enabled:
+        return f"lease {settings.leader_election.lease_name}"
+    return f"peering {settings.peering}" if settings.peering else "standalone"

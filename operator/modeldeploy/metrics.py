@@ -34,8 +34,17 @@ API_WRITES = Counter(
 )
 RESYNCS = Counter(
     "modeldeploy_resync_rounds",
-    "Operator-wide drift-check rounds, by outcome (ran, or paused by Kopf peering).",
+    "Operator-wide drift-check rounds, by outcome (ran; paused by Kopf peering or standing "
+    "by for the Lease).",
     ["outcome"],
+)
+LEADER = Gauge(
+    "modeldeploy_leader",
+    "1 while this operator process holds the leader Lease and acts, else 0 (a standby).",
+)
+HEALTHY = Gauge(
+    "modeldeploy_healthy",
+    "1 while GET /healthz answers 200 (the API server answers, every watch streams).",
 )
 
 AUTOSCALE_CHANGES = Counter(

@@ -205,15 +205,24 @@ class HardwareClass:
     compute_capability: tuple[int, int] | None = None
     cpu_level: str = "baseline"
     instance_type: str | None = None
+    # The price label (``OperatorConfig.price_label``) and its value on these nodes (None:
+    # the nodes lack it), when classes are split by it.
+    price_label: tuple[str, str | None] | None = None
 
     @property
     def id(self) -> str:
-        """A readable identifier: ``gpu/amd64/NVIDIA-L4/x1`` or ``cpu/amd64/avx2/c5a.4xlarge``."""
+        """A readable identifier: ``gpu/amd64/NVIDIA-L4/x1`` or ``cpu/amd64/avx2/c5a.4xlarge``.
+
+        Classes split by a price label end in its value (``/spot``), or ``/-`` without it.
+        """
         if self.accelerator is Accelerator.GPU:
-            return f"gpu/{self.arch}/{self.gpu_product}/x{self.gpus_per_node}"
-        parts = ["cpu", self.arch, self.cpu_level]
-        if self.instance_type:
-            parts.append(self.instance_type)
+            parts = ["gpu", self.arch, str(self.gpu_product), f"x{self.gpus_per_node}"]
+        else:
+            parts = ["cpu", self.arch, self.cpu_level]
+            if self.instance_type:
+                parts.append(self.instance_type)
+        if self.price_label is not None:
+            parts.append(self.price_label[1] or "-")
         return "/".join(parts)
 
     @property
@@ -224,6 +233,11 @@ class HardwareClass:
     def match_expressions(self) -> list[dict[str, Any]]:
         """Node-affinity expressions that admit every node of this class and no other."""
         expressions: list[dict[str, Any]] = [_expr(LABEL_ARCH, "In", [self.arch])]
+        if self.price_label is not None:
+            key, value = self.price_label
+            expressions.append(
+                _expr(key, "DoesNotExist") if value is None else _expr(key, "In", [value])
+            )
         if self.accelerator is Accelerator.GPU:
             expressions += [
                 _expr(LABEL_GPU_PRESENT, "Exists"),
@@ -258,20 +272,21 @@ def _expr(key: str, operator: str, values: list[str] | None = None) -> dict[str,
     return expression
 
 
-def _class_key(node: NodeInfo) -> tuple[Any, ...] | None:
+def _class_key(node: NodeInfo, split_label: str | None) -> tuple[Any, ...] | None:
     """The label values that decide a node's class; None for a GPU node GFD did not label."""
+    split = node.label_map.get(split_label) if split_label else None
     if node.gpu_present:
         if node.gpu_product is None or node.gpu_memory_mib is None or node.gpus < 1:
             return None
-        return ("gpu", node.arch, node.gpu_product, node.gpu_count_label)
-    return ("cpu", node.arch, node.cpu_level, node.label_map.get(LABEL_INSTANCE_TYPE))
+        return ("gpu", node.arch, node.gpu_product, node.gpu_count_label, split)
+    return ("cpu", node.arch, node.cpu_level, node.label_map.get(LABEL_INSTANCE_TYPE), split)
 
 
-def group_classes(nodes: Iterable[NodeInfo]) -> list[HardwareClass]:
-    """Group nodes into hardware classes (sorted by id)."""
+def group_classes(nodes: Iterable[NodeInfo], split_label: str | None = None) -> list[HardwareClass]:
+    """Group nodes into hardware classes (sorted by id), also by ``split_label``'s value."""
     groups: dict[tuple[Any, ...], list[NodeInfo]] = {}
     for node in nodes:
-        key = _class_key(node)
+        key = _class_key(node, split_label)
         if key is not None:
             groups.setdefault(key, []).append(node)
     classes = []
@@ -280,6 +295,7 @@ def group_classes(nodes: Iterable[NodeInfo]) -> list[HardwareClass]:
         cpu = min(n.cpu_millis for n in members)
         memory = min(n.memory_bytes for n in members)
         first = members[0]
+        price_label = (split_label, key[-1]) if split_label else None
         if key[0] == "gpu":
             capabilities = {n.compute_capability for n in members}
             classes.append(
@@ -294,6 +310,7 @@ def group_classes(nodes: Iterable[NodeInfo]) -> list[HardwareClass]:
                     gpus_per_node=min(n.gpus for n in members),
                     gpu_count_label=first.gpu_count_label,
                     compute_capability=min(capabilities, key=lambda c: c or (0, 0)),
+                    price_label=price_label,
                 )
             )
         else:
@@ -306,6 +323,7 @@ def group_classes(nodes: Iterable[NodeInfo]) -> list[HardwareClass]:
                     memory_bytes=memory,
                     cpu_level=first.cpu_level,
                     instance_type=first.label_map.get(LABEL_INSTANCE_TYPE),
+                    price_label=price_label,
                 )
             )
     return sorted(classes, key=lambda c: c.id)

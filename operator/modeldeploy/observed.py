@@ -18,8 +18,9 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from modeldeploy.api import SpecError
+from modeldeploy.capacity import TERMINAL_PHASES, PodUsage, pod_requests
 from modeldeploy.policy_api import ModelPolicy, parse_model_policy
-from modeldeploy.render import LABEL_MODEL_DEPLOYMENT
+from modeldeploy.render import ANNOTATION_HARDWARE_CLASS, LABEL_MODEL_DEPLOYMENT
 
 Key = tuple[str, str]  # (namespace, name) of a ModelDeployment
 
@@ -38,9 +39,23 @@ PEER_LIFETIME_S = 60
 PEER_PRIORITY = 0
 
 
+# Metadata no decision reads, left out of what the indexes keep: ``managedFields`` (server-
+# side apply's field owners) is about 60% of a child's or a ModelDeployment's size in memory,
+# and kubectl's last-applied annotation repeats the whole object once more.
+UNREAD_ANNOTATIONS = ("kubectl.kubernetes.io/last-applied-configuration",)
+
+
 def snapshot(body: Mapping[str, Any]) -> dict[str, Any]:
-    """A deep copy of a watched object, safe to keep after Kopf reuses the body."""
-    return copy.deepcopy(dict(body))
+    """A deep copy of a watched object, safe to keep after Kopf reuses the body, without the
+    metadata no decision reads (``managedFields``, kubectl's last-applied annotation)."""
+    kept = {key: value for key, value in body.items() if key != "metadata"}
+    meta = {k: v for k, v in (body.get("metadata") or {}).items() if k != "managedFields"}
+    annotations = meta.get("annotations")
+    if annotations and any(name in annotations for name in UNREAD_ANNOTATIONS):
+        meta["annotations"] = {k: v for k, v in annotations.items() if k not in UNREAD_ANNOTATIONS}
+    if "metadata" in body:
+        kept["metadata"] = meta
+    return copy.deepcopy(kept)
 
 
 def node_facts(body: Mapping[str, Any]) -> dict[str, Any]:
@@ -70,10 +85,16 @@ def node_facts(body: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def pod_facts(body: Mapping[str, Any]) -> dict[str, Any]:
-    """The parts of a pod that status reads: node, phase, IP, conditions, container states."""
+    """The parts of a pod that status reads: node, phase, IP, conditions, container states,
+    and the hardware class it was planned for."""
     status = body.get("status") or {}
+    annotations = body["metadata"].get("annotations") or {}
+    planned = annotations.get(ANNOTATION_HARDWARE_CLASS)
     return {
-        "metadata": {"name": body["metadata"]["name"]},
+        "metadata": {
+            "name": body["metadata"]["name"],
+            "annotations": {ANNOTATION_HARDWARE_CLASS: planned} if planned else {},
+        },
         "spec": {"nodeName": (body.get("spec") or {}).get("nodeName")},
         "status": {
             "phase": status.get("phase"),
@@ -83,6 +104,45 @@ def pod_facts(body: Mapping[str, Any]) -> dict[str, Any]:
             "initContainerStatuses": copy.deepcopy(status.get("initContainerStatuses") or []),
         },
     }
+
+
+def pod_usage(body: Mapping[str, Any]) -> PodUsage | None:
+    """What a bound pod takes from its node (free capacity); None: unbound or finished."""
+    spec = body.get("spec") or {}
+    node = spec.get("nodeName")
+    if not node or (body.get("status") or {}).get("phase") in TERMINAL_PHASES:
+        return None
+    meta = body.get("metadata") or {}
+    owner = owner_key(meta.get("namespace"), meta.get("labels") or {})
+    return PodUsage(str(node), owner, pod_requests(spec))
+
+
+def unschedulable_since(
+    pods: Iterable[Mapping[str, Any]], hardware_class: str
+) -> datetime.datetime | None:
+    """Since when the longest-waiting pod planned for ``hardware_class`` is unschedulable.
+
+    The scheduler sets ``PodScheduled=False`` with reason ``Unschedulable`` on a pod no node
+    admits; its ``lastTransitionTime`` is when that began. None: no such pod.
+    """
+    since: list[datetime.datetime] = []
+    for pod in pods:
+        annotations = pod.get("metadata", {}).get("annotations") or {}
+        if annotations.get(ANNOTATION_HARDWARE_CLASS) != hardware_class:
+            continue
+        for cond in (pod.get("status") or {}).get("conditions") or []:
+            if (
+                cond.get("type") == "PodScheduled"
+                and cond.get("status") == "False"
+                and cond.get("reason") == "Unschedulable"
+                and cond.get("lastTransitionTime")
+            ):
+                try:
+                    at = datetime.datetime.fromisoformat(str(cond["lastTransitionTime"]))
+                except ValueError:
+                    continue
+                since.append(at if at.tzinfo else at.replace(tzinfo=datetime.UTC))
+    return min(since) if since else None
 
 
 def owner_key(namespace: str | None, labels: Mapping[str, str]) -> Key | None:

@@ -6,6 +6,8 @@ earlier operator left, builds the ``ClusterView`` from the Kopf indexes, runs th
 ``reconcile`` in a thread with the one ``apply.Writer``, and classifies API errors. The
 drift check and the autoscaler are each one task of the operator (not Kopf timers, which
 would put a finalizer on every object), paused while Kopf peering pauses this operator.
+With leader election (``election``) only the holder of the Lease runs passes and rounds; a
+standby's triggers end at ``acting``, and taking the Lease starts a round.
 """
 
 from __future__ import annotations
@@ -25,9 +27,11 @@ from kubernetes import client
 
 from modeldeploy.apply import Writer
 from modeldeploy.autoscaler import Autoscaler, target_of
+from modeldeploy.capacity import ReservationBook
 from modeldeploy.clients import PeeringReader
 from modeldeploy.clock import utc_now
 from modeldeploy.compliance import source_allowed
+from modeldeploy.election import Leadership
 from modeldeploy.metrics import (
     LAST_ERROR,
     RECONCILE_SECONDS,
@@ -54,9 +58,12 @@ class State:
     writer: Writer | None = None
     resolver: ArtifactResolver | None = None
     read_peerings: PeeringReader | None = None  # None: standalone
+    leader: Leadership | None = None  # None: no leader election (always acts)
     resync: asyncio.Task[None] | None = None
     autoscaler: Autoscaler | None = None
     autoscale: asyncio.Task[None] | None = None
+    # The plans this process made, until their pods are bound (free capacity, capacity.py).
+    reservations: ReservationBook = field(default_factory=ReservationBook)
     locks: dict[Key, asyncio.Lock] = field(default_factory=dict)
     pending: set[Key] = field(default_factory=set)
     phases: dict[Key, str] = field(default_factory=dict)
@@ -85,6 +92,7 @@ def _view(key: Key, indexes: Mapping[str, kopf.Index[Any, Any]]) -> ClusterView:
         pods=list(indexes["child_pods"].get(key, [])),
         policies=policies_of(indexes["model_policies"]),
         namespace_labels=labels_of(indexes["namespace_labels"], key[0]),
+        usage=list(indexes["pod_usage"].get(ALL_NODES, [])),
     )
 
 
@@ -95,6 +103,7 @@ INDEXES = (
     "child_services",
     "child_claims",
     "child_pods",
+    "pod_usage",
     "model_policies",
     "namespace_labels",
 )
@@ -113,9 +122,13 @@ async def reconcile_key(key: Key, state: State, kwargs: Mapping[str, Any]) -> No
     lock = state.locks.setdefault(key, asyncio.Lock())
     async with lock:
         state.pending.discard(key)
+        if not acting(state):
+            return  # a standby: the holder of the Lease runs the passes
         indexes = indexes_of(kwargs)
         found = list(indexes["model_deployments"].get(key, []))
         if not found:
+            with state.reservations.planning() as book:
+                book.forget(key)
             return
         md = found[0]
         uid, version = md["metadata"].get("uid", ""), md["metadata"].get("resourceVersion")
@@ -159,6 +172,11 @@ async def reconcile_key(key: Key, state: State, kwargs: Mapping[str, Any]) -> No
             RECONCILE_SECONDS.observe(time.monotonic() - started)
 
 
+def acting(state: State) -> bool:
+    """Whether this process runs passes: always, unless it stands by for the Lease."""
+    return state.leader is None or state.leader.leading
+
+
 def _pass(md: Mapping[str, Any], view: ClusterView, state: State) -> Any:
     """Resolve the artifact (cached per spec.model), then reconcile. Runs in a thread."""
     assert state.writer is not None and state.resolver is not None
@@ -170,7 +188,13 @@ def _pass(md: Mapping[str, Any], view: ClusterView, state: State) -> Any:
     uid = str(md["metadata"].get("uid", ""))
     scaling = state.autoscaler.record_for(uid) if state.autoscaler is not None else None
     return reconcile(
-        md, view, state.writer, state.settings.planning, artifact=artifact, scaling=scaling
+        md,
+        view,
+        state.writer,
+        state.settings.planning,
+        artifact=artifact,
+        scaling=scaling,
+        reservations=state.reservations,
     )
 
 
@@ -200,6 +224,23 @@ async def resync_forever(state: State, indexes: Mapping[str, kopf.Index[Any, Any
             await _resync_round(state, indexes)
         except Exception:  # the task must outlive any one round
             log.exception("a drift-check round failed")
+
+
+async def elected_round(state: State, indexes: Mapping[str, kopf.Index[Any, Any]]) -> None:
+    """On taking the Lease: a pass for every ModelDeployment (the events a standby saw ran
+    none), as a drift-check round.
+
+    What this process remembers of its own writes (statuses, released finalizers, the
+    autoscaler's records) held only while it was the one writer: another leader may have
+    written since it last led, so it starts from what the cluster says, as a new process.
+    """
+    state.statuses.clear()
+    state.released.clear()
+    if state.autoscaler is not None:
+        for uid in list(state.autoscaler.records):
+            state.autoscaler.forget(uid)
+    log.info("leading: a pass for each of %d ModelDeployments", len(indexes["model_deployments"]))
+    await _resync_round(state, indexes)
 
 
 async def _resync_round(state: State, indexes: Mapping[str, kopf.Index[Any, Any]]) -> None:
@@ -250,7 +291,10 @@ async def autoscale_forever(state: State, indexes: Mapping[str, kopf.Index[Any, 
 
 
 async def _paused(state: State) -> bool:
-    """Whether Kopf peering pauses this operator now (never when standalone)."""
+    """Whether this operator stands by for the Lease, or Kopf peering pauses it now (never
+    when standalone)."""
+    if not acting(state):
+        return True
     if state.read_peerings is None:
         return False
     try:

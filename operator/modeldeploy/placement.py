@@ -3,10 +3,14 @@
 ``plan_placement`` resolves format and quantization, picks the engine (catalogue order,
 or the one the spec names), groups the schedulable nodes into hardware classes
 (``nodes``), sizes one replica on each class with the engine's own rules
-(``sizing.estimate_memory`` with ``Runtime.sizing``), and returns a ``Placement`` on the
-smallest class that holds it, or raises a ``PlacementRefusal`` worded by ``refusals``
-(the field to change, what was needed and what the largest node offers). Everything
-engine-specific comes from the engine's ``Runtime``. Pure: no I/O.
+(``sizing.estimate_memory`` with ``Runtime.sizing``), counts how many replicas each class's
+nodes take with the capacity they have free (``capacity``), and returns a ``Placement`` on
+the class the ModelDeployment already runs on while it still fits there, else on the
+cheapest (with prices, ``pricing``) or smallest class with room for the replicas asked for,
+within ``spec.budget``; or raises a ``PlacementRefusal`` worded by ``refusals`` (the field
+to change, what was needed and what the largest node offers). ``alternatives.py`` says
+the same for every class. Everything engine-specific comes from the engine's ``Runtime``.
+Pure: no I/O.
 """
 
 from __future__ import annotations
@@ -17,6 +21,12 @@ from typing import Any
 
 from modeldeploy import refusals
 from modeldeploy.api import ModelDeploymentSpec
+from modeldeploy.capacity import (
+    Resources,
+    allocatable,
+    hosted_replicas,
+    requests_of,
+)
 from modeldeploy.catalog import (
     ACCELERATORS_FOR_ENGINE,
     ENGINES_FOR_FORMAT,
@@ -39,23 +49,48 @@ from modeldeploy.nodes import (
     parse_node,
     unschedulable_reason,
 )
+from modeldeploy.pricing import money, replica_cost
 from modeldeploy.quantity import cpu_millis, cpu_quantity, mib_quantity, quantity_bytes
 from modeldeploy.runtimes import runtime_for
 from modeldeploy.sizing import (
     MemoryEstimate,
     ModelArchitecture,
+    cpu_threads,
     estimate_memory,
     parameters_from_name,
 )
 
+BUDGET = "spec.budget.maxCostPerHour"
+
+
+@dataclass(frozen=True)
+class ClusterLoad:
+    """What is taken: free capacity per node (None: every node idle), the class the
+    ModelDeployment runs on (kept while it fits), and the classes re-planned away from."""
+
+    free: Mapping[str, Resources] | None = None
+    current_class: str | None = None
+    avoid: frozenset[str] = frozenset()
+    stuck_class: str | None = None  # the class being re-planned away from, if any
+
 
 @dataclass(frozen=True)
 class Candidate:
-    """A hardware class that holds one replica, with the GPUs it takes and the estimate."""
+    """A hardware class that holds one replica: GPUs, estimate, requests, room and cost."""
 
     cls: HardwareClass
     gpus: int
     estimate: MemoryEstimate
+    threads: int | None = None
+    requests: Mapping[str, str] | None = None
+    limits: Mapping[str, str] | None = None
+    hosts: int = 0  # replicas the class's nodes take now
+    cost: float | None = None  # per replica and hour
+
+    @property
+    def per_replica(self) -> Resources:
+        """What one replica requests."""
+        return requests_of(self.requests or {})
 
     def sort_key(self) -> tuple[Any, ...]:
         """Order candidates smallest first."""
@@ -80,9 +115,10 @@ def plan_placement(
     nodes: Sequence[Mapping[str, Any]],
     config: OperatorConfig,
     artifact: ModelArchitecture | None = None,
+    load: ClusterLoad | None = None,
 ) -> Placement:
     """Choose engine, hardware class, GPUs and engine settings, or raise PlacementRefusal."""
-    return Planner(spec, [parse_node(n) for n in nodes], config, artifact).plan()
+    return Planner(spec, [parse_node(n) for n in nodes], config, artifact, load).plan()
 
 
 class Planner:
@@ -94,11 +130,21 @@ class Planner:
         nodes: list[NodeInfo],
         config: OperatorConfig,
         artifact: ModelArchitecture | None,
+        load: ClusterLoad | None = None,
     ) -> None:
         self.spec = spec
         self.nodes = nodes
         self.config = config
         self.artifact = artifact
+        self.load = load or ClusterLoad()
+        self.free = dict(self.load.free or {})
+        for node in nodes:
+            self.free.setdefault(node.name, allocatable(node))
+        scaling = spec.autoscaling
+        # Room for the replicas asked for (minReplicas under autoscaling; one at least, so
+        # a model scaled to zero fits when it wakes); a budget covers the most it can run.
+        self.needed = max(1, scaling.min_replicas if scaling.enabled else spec.replicas)
+        self.budget_replicas = scaling.max_replicas if scaling.enabled else spec.replicas
         model = spec.model
         self.format = resolve_format(model.format, model.quantization, model.source)
         if model.quantization == "auto" and artifact is not None and artifact.quantization:
@@ -159,29 +205,139 @@ class Planner:
                 "nvidia.com/gpu cannot be overridden here; set spec.hardware.gpu.count",
             )
         accelerator = self.spec.hardware.accelerator
-        wanted = [Accelerator(accelerator)] if accelerator != "auto" else None
-        options = [a for a in ACCELERATORS_FOR_ENGINE[self.engine] if wanted is None or a in wanted]
+        options = self.accelerator_options()
         if not options:
             raise PlacementRefusal(
                 "spec.hardware.accelerator", f"{self.engine} does not run on {accelerator}"
             )
-        if not self.spec.hardware.gpu.is_default and Accelerator.GPU in options:
-            options = [Accelerator.GPU]  # GPU settings given: a CPU fallback would ignore them
+        budget = self.spec.budget.max_cost_per_hour
+        if budget is not None and not self.config.priced:
+            raise PlacementRefusal(
+                BUDGET,
+                "the operator has no prices to weigh a budget against; its planning settings "
+                "need gpuPricesPerHour, cpuPricePerVcpuHour or memoryPricePerGibHour",
+            )
         schedulable = self.schedulable()
         if not schedulable:
             raise PlacementRefusal(*refusals.no_nodes(self))
+        sized: list[tuple[Accelerator, list[Candidate]]] = []
         tried: list[Accelerator] = []
         for option in options:
             candidates = [
                 candidate
-                for candidate in map(self._fit, self.classes(schedulable, option))
+                for candidate in map(self.fit, self.classes(schedulable, option))
                 if candidate is not None
             ]
             if candidates:
-                best = min(candidates, key=Candidate.sort_key)
-                return self._placement(best, fell_back=bool(tried))
-            tried.append(option)
-        raise PlacementRefusal(*refusals.misfit(self, schedulable, tried))
+                sized.append((option, candidates))
+            elif not sized:
+                tried.append(option)
+        if not sized:
+            raise PlacementRefusal(*refusals.misfit(self, schedulable, tried))
+        return self._choose(sized, fell_back=bool(tried))
+
+    def accelerator_options(self) -> list[Accelerator]:
+        """The accelerators this spec and engine allow, preferred first."""
+        accelerator = self.spec.hardware.accelerator
+        wanted = [Accelerator(accelerator)] if accelerator != "auto" else None
+        options = [a for a in ACCELERATORS_FOR_ENGINE[self.engine] if wanted is None or a in wanted]
+        if not self.spec.hardware.gpu.is_default and Accelerator.GPU in options:
+            options = [Accelerator.GPU]  # GPU settings given: a CPU fallback would ignore them
+        return options
+
+    def _usable(self, candidates: list[Candidate]) -> list[Candidate]:
+        """Candidates not re-planned away from (all of them when every one was)."""
+        kept = [c for c in candidates if c.cls.id not in self.load.avoid]
+        # Every class tried: stay where it is rather than go round again.
+        stuck = [c for c in candidates if c.cls.id == self.load.stuck_class]
+        return kept or stuck or candidates
+
+    def affordable(self, candidate: Candidate) -> bool:
+        """Whether ``spec.budget`` admits this candidate for the replicas it covers."""
+        budget = self.spec.budget.max_cost_per_hour
+        if budget is None:
+            return True
+        return candidate.cost is not None and candidate.cost * self.budget_replicas <= budget
+
+    def _rank(self, candidate: Candidate) -> tuple[Any, ...]:
+        """Cheapest first when priced (unpriced classes last), then smallest."""
+        if not self.config.priced:
+            return candidate.sort_key()
+        return (candidate.cost is None, candidate.cost or 0.0, *candidate.sort_key())
+
+    def _best(self, candidates: list[Candidate]) -> Candidate:
+        for candidate in candidates:
+            if candidate.cls.id == self.load.current_class:
+                return candidate  # stability beats optimality: it runs there already
+        return min(candidates, key=self._rank)
+
+    def _choose(
+        self, sized: list[tuple[Accelerator, list[Candidate]]], fell_back: bool
+    ) -> Placement:
+        """The class with room for the replicas (first accelerator first), within budget."""
+        over_budget: list[Candidate] = []
+        for index, (_, candidates) in enumerate(sized):
+            fitting = [c for c in self._usable(candidates) if c.hosts >= self.needed]
+            affordable = [c for c in fitting if self.affordable(c)]
+            over_budget += [c for c in fitting if not self.affordable(c)]
+            if affordable:
+                best = self._best(affordable)
+                why = self._why(best, candidates, fell_back or index > 0, full=index > 0)
+                return self._placement(best, why)
+        if over_budget:
+            raise PlacementRefusal(*self._over_budget(over_budget))
+        # No class has room for every replica now: the one with the most room, so the rest
+        # schedule as capacity frees up (the re-plan after an unschedulable wait moves it).
+        candidates = self._usable(sized[0][1])
+        affordable = [c for c in candidates if self.affordable(c)]
+        if not affordable:
+            raise PlacementRefusal(*self._over_budget(candidates))
+        staying = [c for c in affordable if c.cls.id == self.load.current_class]
+        best = (staying or [min(affordable, key=lambda c: (-c.hosts, self._rank(c)))])[0]
+        why = f"no class has room for {self.needed} replicas now; this one takes {best.hosts}"
+        return self._placement(best, why)
+
+    def _over_budget(self, candidates: list[Candidate]) -> tuple[str, str]:
+        budget = self.spec.budget.max_cost_per_hour
+        priced = [c for c in candidates if c.cost is not None]
+        if not priced:
+            return BUDGET, f"no hardware class that fits has a price to weigh {budget} against"
+        cheapest = min(priced, key=self._rank)
+        assert cheapest.cost is not None
+        replicas = self.budget_replicas
+        return BUDGET, (
+            f"{money(float(budget or 0))} is less than the cheapest option that fits: "
+            f"{money(cheapest.cost * replicas)} for {replicas} replica(s) on "
+            f"{cheapest.cls.id} ({money(cheapest.cost)} each)"
+        )
+
+    def _why(
+        self, best: Candidate, candidates: list[Candidate], fell_back: bool, full: bool
+    ) -> str:
+        """Why ``best`` won, for the decision's reason."""
+        gpu = best.cls.accelerator is Accelerator.GPU
+        kind = "GPU" if gpu else "CPU"
+        if best.cls.id == self.load.current_class:
+            return "it runs on this class and still fits there"
+        if self.config.priced and best.cost is not None:
+            why = f"the cheapest {kind} class that holds it ({money(best.cost)} per replica)"
+        else:
+            why = f"the smallest {kind} class that holds it"
+        if not gpu:
+            if full:
+                why = f"no GPU class has room for {self.needed} replica(s) now; " + why
+            elif fell_back:
+                why = "no GPU class holds it"
+            if self.spec.hardware.accelerator == "cpu":
+                why = "accelerator cpu was asked for; " + why
+        skipped = sorted(
+            c.cls.id
+            for c in candidates
+            if c.hosts < self.needed and self._rank(c) < self._rank(best)
+        )
+        if skipped:
+            why += f"; {', '.join(skipped)} lack room for {self.needed} replica(s)"
+        return why
 
     def blocker(self, node: NodeInfo) -> str | None:
         """Why the serving pods cannot go to this node, or None."""
@@ -204,7 +360,7 @@ class Planner:
         arches = self.runtime.architectures(self.config)
         return [
             cls
-            for cls in group_classes(nodes)
+            for cls in group_classes(nodes, self.config.price_label)
             if (accelerator is None or cls.accelerator is accelerator) and cls.arch in arches
         ]
 
@@ -243,7 +399,27 @@ class Planner:
             tensor_parallel_size=tp,
         )
 
-    def _fit(self, cls: HardwareClass) -> Candidate | None:
+    def fit(self, cls: HardwareClass) -> Candidate | None:
+        """The class sized for one replica, with its requests, room and cost; or None."""
+        sized = self._size(cls)
+        if sized is None:
+            return None
+        threads = self._threads(cls, sized.estimate) if self.runtime.plans_threads else None
+        requests, limits = self._resources(cls, sized.gpus, sized.estimate, threads)
+        candidate = Candidate(cls, sized.gpus, sized.estimate, threads, requests, limits)
+        per_replica = candidate.per_replica
+        return Candidate(
+            cls,
+            sized.gpus,
+            sized.estimate,
+            threads,
+            requests,
+            limits,
+            hosts=hosted_replicas(per_replica, self.free, cls.nodes),
+            cost=replica_cost(cls, per_replica, self.config),
+        )
+
+    def _size(self, cls: HardwareClass) -> Candidate | None:
         if cls.accelerator is Accelerator.CPU:
             estimate = self.estimate(1)
             needed = self._override_bytes("memory") or estimate.total_bytes
@@ -276,37 +452,31 @@ class Planner:
     def _gpu_cpu_millis(self, gpus: int, cls: HardwareClass) -> int:
         return self.runtime.gpu_cpu_cores(gpus, cls.cpu_millis // 1000, self.config) * 1000
 
-    def _threads(self, cls: HardwareClass) -> int:
+    def _threads(self, cls: HardwareClass, estimate: MemoryEstimate) -> int:
         override = self.spec.serving.resources.requests.get("cpu")
         if override is not None:
             return max(1, cpu_millis(override) // 1000)
         if cls.accelerator is Accelerator.GPU:
             return self._gpu_cpu_millis(1, cls) // 1000
-        cores = cls.cpu_millis // 1000
-        return max(1, min(self.config.max_cpu_threads, cores * 3 // 4))
+        cores = max(1, cls.cpu_millis // 1000 * 3 // 4)
+        sized = cpu_threads(estimate.weights_bytes, self.parallel, self.config.max_cpu_threads)
+        return min(cores, sized)
 
-    def _placement(self, best: Candidate, fell_back: bool) -> Placement:
-        cls, estimate = best.cls, best.estimate
-        gpu = cls.accelerator is Accelerator.GPU
-        threads = self._threads(cls) if self.runtime.plans_threads else None
-        gpu_layers: int | None = None
-        if self.runtime.offloads_layers:
-            layers = self.artifact.layers if self.artifact else None
-            # All layers plus the output layer; 999 is llama.cpp's idiom for "all".
-            gpu_layers = (layers + 1 if layers else 999) if gpu else 0
-        requests: dict[str, str] = {}
-        limits: dict[str, str] = {}
-        if gpu:
-            cpu = self._gpu_cpu_millis(best.gpus, cls)
-            memory = self._gpu_host_memory(best.gpus)
+    def _resources(
+        self, cls: HardwareClass, gpus: int, estimate: MemoryEstimate, threads: int | None
+    ) -> tuple[dict[str, str], dict[str, str]]:
+        """One replica's requests and limits (the spec's overrides win)."""
+        if cls.accelerator is Accelerator.GPU:
+            cpu = self._gpu_cpu_millis(gpus, cls)
+            memory = self._gpu_host_memory(gpus)
             requests = {
                 "cpu": cpu_quantity(cpu),
                 "memory": mib_quantity(memory),
-                GPU_RESOURCE: str(best.gpus),
+                GPU_RESOURCE: str(gpus),
             }
-            limits = {"memory": mib_quantity(memory), GPU_RESOURCE: str(best.gpus)}
+            limits = {"memory": mib_quantity(memory), GPU_RESOURCE: str(gpus)}
         else:
-            cores = threads if threads is not None else self._threads(cls)
+            cores = threads if threads is not None else self._threads(cls, estimate)
             memory = self._override_bytes("memory") or estimate.total_bytes
             requests = {"cpu": str(cores), "memory": mib_quantity(memory)}
             limits = {"cpu": str(cores), "memory": mib_quantity(memory)}
@@ -314,6 +484,19 @@ class Planner:
             requests[key] = str(value)
         for key, value in self.spec.serving.resources.limits.items():
             limits[key] = str(value)
+        return requests, limits
+
+    def _placement(self, best: Candidate, why: str) -> Placement:
+        cls, estimate = best.cls, best.estimate
+        gpu = cls.accelerator is Accelerator.GPU
+        threads = best.threads
+        gpu_layers: int | None = None
+        if self.runtime.offloads_layers:
+            layers = self.artifact.layers if self.artifact else None
+            # All layers plus the output layer; 999 is llama.cpp's idiom for "all".
+            gpu_layers = (layers + 1 if layers else 999) if gpu else 0
+        requests = dict(best.requests or {})
+        limits = dict(best.limits or {})
         tolerations = [GPU_TOLERATION] if gpu else []
         tolerations += [t for t in self.user_tolerations if t not in tolerations]
         return Placement(
@@ -334,11 +517,14 @@ class Planner:
             limits=limits,
             tolerations=[dict(t) for t in tolerations],
             node_selector=dict(self.spec.hardware.node_selector),
-            reason=self._reason(best, fell_back),
+            reason=self._reason(best, why),
             architecture=self.artifact,
+            cost_per_replica=best.cost,
+            cost_replicas=self.budget_replicas,
+            avoided=tuple(sorted(self.load.avoid)),
         )
 
-    def _reason(self, best: Candidate, fell_back: bool) -> str:
+    def _reason(self, best: Candidate, why: str) -> str:
         cls, estimate = best.cls, best.estimate
         what = (
             f"{self.format} {self.quantization} "
@@ -353,10 +539,9 @@ class Planner:
             tp = self.runtime.tensor_parallel_size(best.gpus)
             if tp > 1:
                 where += f" with tensor parallel size {tp}"
-            why = "the smallest GPU class that holds it"
         else:
             where = f"{self.engine} on CPU class {cls.id} ({refusals.gib(cls.memory_bytes)})"
-            why = "no GPU class holds it" if fell_back else "the smallest CPU class that holds it"
-            if self.spec.hardware.accelerator == "cpu":
-                why = "accelerator cpu was asked for; " + "the smallest CPU class that holds it"
+        stuck = self.load.stuck_class
+        if stuck is not None and stuck != cls.id:
+            why += f"; moved from {stuck}, where its pods stayed unschedulable"
         return f"{what} {need}; {where}: {why}"

@@ -15,7 +15,7 @@ from typing import Any
 from modeldeploy.api import ModelDeployment, SpecError, parse_model_deployment
 from modeldeploy.config import OperatorConfig
 from modeldeploy.decision import Placement, PlacementRefusal
-from modeldeploy.placement import plan_placement
+from modeldeploy.placement import ClusterLoad, plan_placement
 from modeldeploy.provenance import PolicyRef, provenance_from
 from modeldeploy.render import RenderInputs, render_objects
 from modeldeploy.resolution import Resolution
@@ -46,20 +46,23 @@ def plan(
     *,
     replicas: int | None = None,
     policy: PolicyRef | None = None,
+    load: ClusterLoad | None = None,
 ) -> Plan:
     """Place a validated ModelDeployment on the nodes and render its children.
 
     ``resolution`` is the operator's resolution of ``spec.model``: sizing reads its
     architecture (unless ``artifact`` is given), the init container fetches its revision.
     ``replicas`` is the operator-native autoscaler's count (``render.RenderInputs``);
-    ``policy`` the ModelPolicy that admitted it, for the provenance annotations.
+    ``policy`` the ModelPolicy that admitted it, for the provenance annotations; ``load``
+    what the cluster has free and where the object runs (``placement.ClusterLoad``; None:
+    every node idle).
     """
     config = config or OperatorConfig()
     if not md.name:
         raise SpecError("metadata.name", "required field is missing")
     if artifact is None and resolution is not None:
         artifact = resolution.architecture
-    placement = plan_placement(md.spec, nodes, config, artifact)
+    placement = plan_placement(md.spec, nodes, config, artifact, load)
     provenance = provenance_from(md, resolution, policy=policy)
     inputs = RenderInputs(md, placement, config, resolution, replicas, provenance)
     return Plan(md, placement, render_objects(inputs))

@@ -11,27 +11,33 @@ the cluster (``ClusterView``) and a ``Writer``; so an idle pass makes no call at
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import datetime
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from modeldeploy.api import ModelDeployment, SpecError, parse_model_deployment
 from modeldeploy.artifacts import ArtifactState, signature_condition, verified_signer
+from modeldeploy.capacity import PodUsage, Reservation, ReservationBook, free_by_node, requests_of
 from modeldeploy.clock import utc_now
 from modeldeploy.compliance import applying_policies, evaluate
 from modeldeploy.config import OperatorConfig
-from modeldeploy.decision import PlacementRefusal
+from modeldeploy.decision import Placement, PlacementRefusal
 from modeldeploy.drift import needs_apply
 from modeldeploy.enforcement import Verdict, resolved_facts, verdict
+from modeldeploy.nodes import parse_node
+from modeldeploy.observed import unschedulable_since
+from modeldeploy.placement import ClusterLoad
 from modeldeploy.plan import plan
 from modeldeploy.policy_api import ModelPolicy
 from modeldeploy.provenance import PolicyRef, provenance_from
 from modeldeploy.provenance import as_status as provenance_status
 from modeldeploy.quantity import quantity_bytes
-from modeldeploy.render import LABEL_MODEL_DEPLOYMENT, spec_hash
+from modeldeploy.render import ANNOTATION_HARDWARE_CLASS, LABEL_MODEL_DEPLOYMENT, spec_hash
 from modeldeploy.render.bom import bom_config_map_name
 from modeldeploy.scaling import (
     DELEGATED_KINDS,
@@ -81,6 +87,7 @@ class ClusterView:
     pods: Sequence[Mapping[str, Any]] = ()
     policies: Sequence[ModelPolicy] = ()  # every ModelPolicy of the cluster
     namespace_labels: Mapping[str, str] = field(default_factory=dict)  # of this MD's namespace
+    usage: Sequence[PodUsage] | None = None  # every bound pod (None: capacity not watched)
 
 
 @dataclass
@@ -132,6 +139,7 @@ def reconcile(
     now: str | None = None,
     artifact: ArtifactState | None = None,
     scaling: ScalingRecord | None = None,
+    reservations: ReservationBook | None = None,
 ) -> PassResult:
     """Bring one ModelDeployment's children and status in line with its spec.
 
@@ -140,6 +148,8 @@ def reconcile(
     spec's hints and the init container resolves for itself. ``scaling`` is the
     operator-native autoscaler's record (``autoscaler.Autoscaler``); before its first
     decision the count starts from status, the Deployment or the spec (``scaling``).
+    ``reservations`` is the operator's book of plans (``capacity.ReservationBook``): planning
+    reads and records it under its lock, so two passes never plan the same free capacity.
     """
     meta = md["metadata"]
     name, namespace, uid = meta["name"], meta["namespace"], meta.get("uid", "")
@@ -152,6 +162,8 @@ def reconcile(
     judged: Verdict | None = None
     parsed: ModelDeployment | None = None
     record: ScalingRecord | None = None
+    replanned: tuple[str, str] | None = None  # (class left, why) when the pass re-plans
+    clock = now or utc_now()
     resolution = artifact.resolution if artifact is not None else None
     if artifact is not None and artifact.refused:
         # The source serves other bytes than pinned, or none that match: refuse, and keep
@@ -164,9 +176,20 @@ def reconcile(
             record = _native_record(parsed, scaling, previous, view.children)
             replicas = record.desired if record is not None else None
             policy = _policy_ref(view)
-            planned = plan(
-                parsed, view.nodes, config, resolution=resolution, replicas=replicas, policy=policy
-            )
+            with _planning(reservations) as book:
+                load, replanned = _cluster_load(md, view, config, book, clock)
+                planned = plan(
+                    parsed,
+                    view.nodes,
+                    config,
+                    resolution=resolution,
+                    replicas=replicas,
+                    policy=policy,
+                    load=load,
+                )
+                if book is not None:
+                    count = replicas if replicas is not None else parsed.spec.replicas
+                    book.record((namespace, name), _reservation(planned.placement, count))
         except SpecError as error:
             outcome = Refusal("InvalidSpec", str(error))
             result.result = "invalid"
@@ -186,6 +209,9 @@ def reconcile(
             if judged is not None and judged.blocked:
                 desired = _blocked(desired)
                 result.result = "blocked"
+    if reservations is not None and (isinstance(outcome, Refusal) or result.result == "blocked"):
+        with reservations.planning() as book:
+            book.forget((namespace, name))
 
     live = {_key(obj): obj for obj in view.children}
     not_served: KindNotServed | None = None
@@ -242,7 +268,7 @@ def reconcile(
         selector=f"{LABEL_MODEL_DEPLOYMENT}={name}",
         endpoint=endpoint,
         previous=previous,
-        now=now or utc_now(),
+        now=clock,
         artifact=artifact,
     )
     if parsed is not None and not isinstance(outcome, Refusal):
@@ -276,12 +302,90 @@ def reconcile(
             posted.add((event[1], changed["message"]))
             writer.event(md, event[0], event[1], changed["message"], changed["type"])
             result.writes += 1
+    moved_to = None if isinstance(outcome, Refusal) else outcome.get("hardwareClass")
+    if replanned is not None and moved_to not in (None, replanned[0]):
+        message = f"{replanned[1]}; re-planned onto {moved_to}"
+        writer.event(md, "Warning", "Replanned", message, "Placement")
+        result.writes += 1
     moved = scale_event(previous.get("autoscaling"), record) if record is not None else None
     if moved is not None:
         writer.event(md, "Normal", moved[0], moved[1], "Scale")
         result.writes += 1
     result.writes += len(result.applied) + len(result.pruned)
     return result
+
+
+@contextlib.contextmanager
+def _planning(book: ReservationBook | None) -> Iterator[ReservationBook | None]:
+    """Hold the reservation book (when there is one) for one plan."""
+    if book is None:
+        yield None
+        return
+    with book.planning() as held:
+        yield held
+
+
+def _reservation(placement: Placement, replicas: int) -> Reservation:
+    """What a plan takes: its class's nodes and each replica's requests."""
+    return Reservation(
+        placement.hardware_class.nodes, requests_of(placement.requests), max(0, replicas)
+    )
+
+
+def _cluster_load(
+    md: Mapping[str, Any],
+    view: ClusterView,
+    config: OperatorConfig,
+    book: ReservationBook | None,
+    now: str,
+) -> tuple[ClusterLoad | None, tuple[str, str] | None]:
+    """Free capacity, the class the object runs on, and the classes to avoid.
+
+    The class the live Deployment's pods are planned for is kept (stability; read from the
+    Deployment, so a new leader or a lost status write keeps it too); a class whose
+    pods stayed unschedulable for ``replan_after_seconds`` is avoided for the rest of the
+    generation (each class once, so the object never flaps); the avoided classes are
+    carried in ``status.decision.avoidedClasses``.
+    """
+    if view.usage is None:
+        return None, None
+    meta = md["metadata"]
+    key = (meta["namespace"], meta["name"])
+    previous = md.get("status") or {}
+    decision = previous.get("decision") or {}
+    generation = int(meta.get("generation") or 1)
+    avoid = set(decision.get("avoidedClasses") or [])
+    if previous.get("observedGeneration") != generation:
+        avoid = set()  # a new spec may fit where the old one did not
+    current = _running_class(view.children) or None
+    replanned: tuple[str, str] | None = None
+    stuck_class: str | None = None
+    if current is not None and current not in avoid:
+        since = unschedulable_since(view.pods, current)
+        if since is not None:
+            waited = (datetime.datetime.fromisoformat(now) - since).total_seconds()
+            if waited >= config.replan_after_seconds:
+                replanned = (current, f"pods stayed unschedulable on {current} for {int(waited)}s")
+                avoid.add(current)
+                stuck_class, current = current, None
+    free = free_by_node(
+        [parse_node(node) for node in view.nodes],
+        view.usage,
+        own=key,
+        reservations=book.others(key) if book is not None else None,
+    )
+    return ClusterLoad(free, current, frozenset(avoid), stuck_class), replanned
+
+
+def _running_class(children: Sequence[Mapping[str, Any]]) -> str | None:
+    """The hardware class the live Deployment's pod template was planned for, if any."""
+    for child in children:
+        if child.get("kind") == "Deployment":
+            template = (child.get("spec") or {}).get("template") or {}
+            annotations = (template.get("metadata") or {}).get("annotations") or {}
+            planned = annotations.get(ANNOTATION_HARDWARE_CLASS)
+            return str(planned) if planned else None
+    return None
 
 
 def _prune_delegated(

@@ -54,6 +54,58 @@ class AdmissionSettings(BaseModel):
         return self
 
 
+class LeaderElectionSettings(BaseModel):
+    """One acting operator among replicas: a coordination.k8s.io Lease (docs/operator.md).
+
+    The holder renews the Lease every ``retryPeriodSeconds``; one that has not renewed
+    within ``renewDeadlineSeconds`` stops acting; a standby takes the Lease over once it
+    has not changed for ``leaseDurationSeconds``. Failover after a crash takes at most
+    leaseDurationSeconds + 2 x retryPeriodSeconds; after a clean shutdown (the Lease is
+    released) at most retryPeriodSeconds.
+    """
+
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, alias_generator=to_camel, populate_by_name=True
+    )
+
+    enabled: bool = Field(
+        default=False, description="Act only while holding the Lease; stand by otherwise."
+    )
+    lease_name: str = Field(
+        default="modeldeploy",
+        min_length=1,
+        max_length=253,
+        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+        description="Name of the Lease.",
+    )
+    namespace: str | None = Field(
+        default=None,
+        description="Namespace of the Lease; null: the operator pod's own namespace.",
+    )
+    lease_duration_seconds: int = Field(
+        default=15, ge=2, le=3600, description="How long a standby waits before taking over."
+    )
+    renew_deadline_seconds: float = Field(
+        default=10.0, gt=0, description="How long the leader keeps acting without renewing."
+    )
+    retry_period_seconds: float = Field(
+        default=2.0, gt=0, description="Period of every replica's read (and renewal)."
+    )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> LeaderElectionSettings:
+        if not self.lease_duration_seconds > self.renew_deadline_seconds:
+            raise ValueError("leaseDurationSeconds must be greater than renewDeadlineSeconds")
+        if not self.renew_deadline_seconds > self.retry_period_seconds:
+            raise ValueError("renewDeadlineSeconds must be greater than retryPeriodSeconds")
+        return self
+
+    @property
+    def failover_bound_seconds(self) -> float:
+        """The longest a crashed leader leaves the operator without one."""
+        return self.lease_duration_seconds + 2 * self.retry_period_seconds
+
+
 class OperatorSettings(BaseModel):
     """Everything ``modeldeploy run`` needs besides the cluster credentials."""
 
@@ -69,8 +121,8 @@ class OperatorSettings(BaseModel):
     )
     peering: str | None = Field(
         None,
-        description="Kopf peering name for one active operator among replicas; "
-        "null runs standalone.",
+        description="Kopf peering name: pause while another operator is alive (one "
+        "replica only; leaderElection is for several); null: no peering.",
     )
     autoscale_interval_seconds: float = Field(
         15.0,
@@ -89,6 +141,15 @@ class OperatorSettings(BaseModel):
     log_format: Literal["plain", "json"] = "plain"
     planning: OperatorConfig = Field(default_factory=OperatorConfig)
     admission: AdmissionSettings = AdmissionSettings()
+    leader_election: LeaderElectionSettings = LeaderElectionSettings()
+
+    @model_validator(mode="after")
+    def _one_coordination(self) -> OperatorSettings:
+        if self.peering is not None and self.leader_election.enabled:
+            # Kopf peering pauses every operator that sees another of the same priority:
+            # replicas standing by for the Lease would pause the leader too.
+            raise ValueError("peering and leaderElection.enabled exclude each other")
+        return self
 
     @field_validator("planning", mode="before")
     @classmethod
@@ -137,7 +198,14 @@ def load_settings(path: Path | None, overrides: dict[str, Any]) -> OperatorSetti
         if not isinstance(loaded, dict):
             raise SettingsError(f"settings file {path} must hold a mapping")
         data.update(loaded)
-    data.update({k: v for k, v in overrides.items() if v is not None})
+    for key, value in overrides.items():
+        if isinstance(value, Mapping):  # a nested section: merge the keys given
+            given = {k: v for k, v in value.items() if v is not None}
+            if given:
+                section = data.get(key)
+                data[key] = {**(section if isinstance(section, Mapping) else {}), **given}
+        elif value is not None:
+            data[key] = value
     try:
         return OperatorSettings.model_validate(data)
     except ValidationError as error:

@@ -422,3 +422,22 @@ def _first(value: Any) -> str | None:
     if isinstance(value, Sequence) and not isinstance(value, str) and value:
         return str(value[0])
     return None
+
+
+# llama.cpp's token generation streams every weight once per token, so it is bound by memory
+# bandwidth, not cores: users measure no gain past 3-4 threads on a desktop
+# (ggml-org/llama.cpp#12966) and 7B Q4 slowing down past 6 threads (ggml-org/llama.cpp#39);
+# more threads shorten prompt processing, and parallel slots batch more work per weight.
+MIN_CPU_THREADS = 2
+GIB = 1024**3
+
+
+def cpu_threads(weights: int, parallel: int, max_threads: int) -> int:
+    """llama.cpp threads (and CPU cores requested) for a model on a CPU node.
+
+    Two, plus one per started GiB of weights, plus one per four parallel slots beyond the
+    first, at most ``max_threads``: about 3 for a 270M model, 7 for a 7B Q4_K_M, the cap
+    for 70B; so several small replicas share a node instead of each taking most of it.
+    """
+    threads = MIN_CPU_THREADS + -(-weights // GIB) + (parallel - 1) // 4
+    return max(1, min(max_threads, threads))

@@ -75,6 +75,9 @@ STATUS_DECISION_FIELDS = (
     "parallel",
     "threads",
     "gpuLayers",
+    "costPerReplicaPerHour",
+    "costPerHour",
+    "avoidedClasses",
     "reason",
 )
 

@@ -57,6 +57,11 @@ KUBERNETES_VERSIONS = ("1.29.0", "1.34.0")
 CUSTOM_KINDS = {"ClusterKopfPeering", "KopfPeering", "ServiceMonitor", "Issuer", "Certificate"}
 CUSTOM_API_VERSIONS = {"kopf.dev/v1", "monitoring.coreos.com/v1", "cert-manager.io/v1"}
 
+# One replica with Kopf peering instead of leader election (ci/peering-values.yaml).
+PEERING: dict[str, Any] = {
+    "replicaCount": 1, "leaderElection": {"enabled": False}, "peering": {"enabled": True},
+}  # fmt: skip
+
 # Value sets every offline check runs on (ci/*-values.yaml; `make chart-check` scans the same).
 VALUE_SETS: dict[str, dict[str, Any]] = {
     path.name.removesuffix("-values.yaml"): yaml.safe_load(path.read_text()) or {}
@@ -139,7 +144,12 @@ def test_the_schemas_catch_a_wrong_field() -> None:
 @pytest.mark.parametrize(
     ("values", "complaint"),
     [
-        ({"replicaCount": 2}, "replicaCount"),
+        ({"replicaCount": 2, "leaderElection": {"enabled": False}}, "replicaCount above 1"),
+        ({"replicaCount": -1}, "replicaCount"),
+        ({"peering": {"enabled": True}}, "exclude each other"),
+        ({"leaderElection": {"leaseDurationSeconds": 1}}, "leaseDurationSeconds"),
+        ({"leaderElection": {"leaseName": "Not_A_Name"}}, "leaseName"),
+        ({"podDisruptionBudget": {"maxUnavailable": 0}}, "maxUnavailable"),
         ({"unknownKey": True}, "unknownKey"),
         ({"planning": {"llamacppimage": "x"}}, "llamacppimage"),
         ({"config": {"logFormat": "yaml"}}, "logFormat"),
@@ -212,7 +222,7 @@ def canonical_crds() -> dict[str, dict[str, Any]]:
 def test_rendered_crds_are_the_canonical_ones_plus_the_keep_annotation(keep: bool) -> None:
     rendered = {
         o["metadata"]["name"]: o
-        for o in render({"crds": {"keep": keep}})
+        for o in render({**PEERING, "crds": {"keep": keep}})  # every CRD, Kopf's too
         if o["kind"] == "CustomResourceDefinition"
     }
     canonical = canonical_crds()
@@ -230,8 +240,10 @@ def test_crds_follow_crds_enabled_and_peering() -> None:
 
     assert crd_names({"crds": {"enabled": False}}) == []
     ours = ["modeldeployments.modeldeploy.io", "modelpolicies.modeldeploy.io"]
-    assert crd_names({"peering": {"enabled": False}}) == ours
-    assert crd_names({"crds": {"kopfPeering": False}}) == ours
+    assert crd_names({}) == ours  # leader election: no peering CRDs
+    kopf = ["clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev"]
+    assert crd_names(PEERING) == sorted([*ours, *kopf])
+    assert crd_names({**PEERING, "crds": {"kopfPeering": False}}) == ours
 
 
 # -- settings --------------------------------------------------------------------------
@@ -243,8 +255,11 @@ def test_settings_configmap_is_accepted_by_the_operator(name: str) -> None:
     objects = render(values)
     settings = settings_of(objects)
     assert settings.namespaces == values.get("watchNamespaces", [])
-    peering = values.get("peering", {}).get("enabled", True)
+    peering = values.get("peering", {}).get("enabled", False)
     assert settings.peering == ("modeldeploy" if peering else None)
+    election = settings.leader_election
+    assert election.enabled == values.get("leaderElection", {}).get("enabled", True)
+    assert (election.lease_name, election.namespace) == ("modeldeploy", "modeldeploy-system")
     deployment = only(objects, "Deployment")
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
@@ -315,19 +330,56 @@ def test_pods_meet_the_restricted_pod_security_profile() -> None:
             assert container["resources"]["limits"]["memory"], name
 
 
-def test_operator_deployment_runs_one_operator_with_probes() -> None:
-    deployment = only(render(), "Deployment")
-    assert deployment["spec"]["replicas"] == 1
-    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
-    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+def test_operator_deployment_runs_two_replicas_with_probes() -> None:
+    objects = render()
+    deployment = only(objects, "Deployment")
+    assert deployment["spec"]["replicas"] == 2
+    # A new replica is ready before an old one stops (and releases the Lease).
+    assert deployment["spec"]["strategy"] == {
+        "type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+    }  # fmt: skip
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
     assert container["command"] + container["args"] == [
         "modeldeploy", "run", "--config", "/etc/modeldeploy/config.yaml",
     ]  # fmt: skip
-    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
-        assert container[probe]["httpGet"] == {"path": "/healthz", "port": "health"}, probe
+    # Liveness: Kopf runs; readiness and start-up: the API server answers, watches stream.
+    paths = {probe: container[probe]["httpGet"]["path"] for probe in PROBES}
+    assert paths == {"startupProbe": "/healthz", "livenessProbe": "/livez",
+                     "readinessProbe": "/healthz"}  # fmt: skip
+    assert all(container[probe]["httpGet"]["port"] == "health" for probe in PROBES)
+    env = {e["name"]: e.get("valueFrom", {}).get("fieldRef", {}) for e in container["env"]}
+    assert env["POD_ID"] == {"fieldPath": "metadata.name"}  # its Lease identity
     mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
     assert mounts["/etc/modeldeploy"]["readOnly"] is True
     assert "/tmp" in mounts
+    # Replicas prefer distinct nodes, and a drain evicts one at a time.
+    labels = deployment["spec"]["selector"]["matchLabels"]
+    anti = pod["affinity"]["podAntiAffinity"]
+    (preferred,) = anti["preferredDuringSchedulingIgnoredDuringExecution"]
+    term = preferred["podAffinityTerm"]
+    assert term == {"topologyKey": "kubernetes.io/hostname",
+                    "labelSelector": {"matchLabels": labels}}  # fmt: skip
+    budget = only(objects, "PodDisruptionBudget")
+    assert budget["spec"] == {"maxUnavailable": 1, "selector": {"matchLabels": labels}}
+
+
+PROBES = ("startupProbe", "livenessProbe", "readinessProbe")
+
+
+def test_one_replica_without_leader_election_is_recreated_and_has_no_budget() -> None:
+    objects = render(PEERING)
+    deployment = only(objects, "Deployment")
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    assert not [o for o in objects if o["kind"] == "PodDisruptionBudget"]
+    assert not [o for o in objects if o["kind"] == "Role"]  # no Lease to take
+    # A chosen affinity replaces the default one.
+    mine = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+        "nodeSelectorTerms": [{"matchExpressions": [
+            {"key": "pool", "operator": "In", "values": ["ops"]}]}]}}}  # fmt: skip
+    pod = only(render({"affinity": mine}), "Deployment")["spec"]["template"]["spec"]
+    assert pod["affinity"] == mine
 
 
 def test_image_reference_prefers_the_digest() -> None:
@@ -378,25 +430,38 @@ def test_namespaced_mode_uses_roles_in_the_watched_namespaces() -> None:
     assert {resource for _, resource, _, _ in cluster} == {
         "nodes", "customresourcedefinitions", "namespaces", "modelpolicies",
     }  # fmt: skip
-    roles = [o for o in objects if o["kind"] == "Role"]
-    bindings = [o for o in objects if o["kind"] == "RoleBinding"]
+    roles = [o for o in objects if o["kind"] == "Role" and o["metadata"]["name"] == "modeldeploy"]
+    bindings = [
+        o for o in objects if o["kind"] == "RoleBinding" and o["metadata"]["name"] == "modeldeploy"
+    ]
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
     assert sorted(b["metadata"]["namespace"] for b in bindings) == ["team-a", "team-b"]
     namespaced = rule_set(roles[0]["rules"])
     # The same permissions as the cluster-wide ClusterRole, with the namespaced peering.
     swap = {"clusterkopfpeerings": "kopfpeerings"}
-    expected = {
-        (g, swap.get(r, r), v, n)
-        for g, r, v, n in rule_set(default_role)
-        if r not in ("nodes", "customresourcedefinitions", "namespaces", "modelpolicies")
-    }
-    assert namespaced == expected
-    peerings = [o for o in objects if o["kind"] == "KopfPeering"]
+
+    def expected(cluster_role: list[dict[str, Any]]) -> set[Any]:
+        return {
+            (g, swap.get(r, r), v, n)
+            for g, r, v, n in rule_set(cluster_role)
+            if r not in ("nodes", "customresourcedefinitions", "namespaces", "modelpolicies")
+        }
+
+    assert namespaced == expected(default_role)
+    # The Lease is in the release's namespace, not in the served ones.
+    assert only(objects, "Role", "modeldeploy-leader-election")["metadata"]["namespace"] == (
+        "modeldeploy-system"
+    )
+    peering = render({**VALUE_SETS["namespaced"], **PEERING})
+    peerings = [o for o in peering if o["kind"] == "KopfPeering"]
     assert sorted(p["metadata"]["namespace"] for p in peerings) == ["team-a", "team-b"]
+    peering_role = next(o for o in peering if o["kind"] == "Role")
+    peering_cluster_role = only(render(PEERING), "ClusterRole")["rules"]
+    assert rule_set(peering_role["rules"]) == expected(peering_cluster_role)
 
 
 def test_peering_object_is_a_hook_and_its_rbac_follows_peering() -> None:
-    objects = render()
+    objects = render(PEERING)
     peering = only(objects, "ClusterKopfPeering")
     assert peering["metadata"]["name"] == settings_of(objects).peering
     hooks = peering["metadata"]["annotations"]
@@ -404,9 +469,33 @@ def test_peering_object_is_a_hook_and_its_rbac_follows_peering() -> None:
     assert ("kopf.dev", "clusterkopfpeerings", "patch", ("modeldeploy",)) in rule_set(
         only(objects, "ClusterRole")["rules"]
     )
-    off = render({"peering": {"enabled": False}})
+    off = render()  # leader election instead
     assert not [o for o in off if o["kind"].endswith("KopfPeering")]
     assert not [p for p in rule_set(only(off, "ClusterRole")["rules"]) if p[0] == "kopf.dev"]
+
+
+def test_leader_election_may_get_create_and_update_its_lease_only_in_its_namespace() -> None:
+    objects = render()
+    role = only(objects, "Role", "modeldeploy-leader-election")
+    assert role["metadata"]["namespace"] == "modeldeploy-system"
+    lease = settings_of(objects).leader_election.lease_name
+    assert rule_set(role["rules"]) == {
+        ("coordination.k8s.io", "leases", "get", (lease,)),
+        ("coordination.k8s.io", "leases", "update", (lease,)),
+        ("coordination.k8s.io", "leases", "create", ()),  # a name cannot limit a create
+    }
+    binding = only(objects, "RoleBinding", "modeldeploy-leader-election")
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "modeldeploy", "namespace": "modeldeploy-system"}
+    ]
+    # Nothing about leases in the ClusterRole: never cluster-wide.
+    assert not [p for p in rule_set(only(objects, "ClusterRole")["rules"]) if p[1] == "leases"]
+    named = render({"leaderElection": {"leaseName": "ops-lease"}})
+    assert settings_of(named).leader_election.lease_name == "ops-lease"
+    assert ("coordination.k8s.io", "leases", "update", ("ops-lease",)) in rule_set(
+        only(named, "Role", "modeldeploy-leader-election")["rules"]
+    )
 
 
 # -- admission webhook -----------------------------------------------------------------

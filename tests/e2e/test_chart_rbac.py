@@ -95,9 +95,16 @@ def rules_of(rules: list[dict[str, Any]]) -> list[Rule]:
     return found
 
 
+# The chart's peering mode (one replica, Kopf peering, no Lease): this proof runs every case
+# at once in one cluster, which Lease-based cases would share. The Lease's Role (get,
+# create, update of one Lease in the release's namespace) is exercised by
+# test_helm_install.py (the chart's default) and tests/e2e/test_leader_election.py.
+MODE = {"replicaCount": 1, "leaderElection": {"enabled": False}, "peering": {"enabled": True}}
+
+
 def chart_rules() -> tuple[list[Rule], str]:
     """The chart's namespaced-mode rules (Role and ClusterRole) and its settings file."""
-    objects = helm_template({"watchNamespaces": ["placeholder"]})
+    objects = helm_template({"watchNamespaces": ["placeholder"], **MODE})
     rules = [r for o in objects if o["kind"] in ("Role", "ClusterRole") for r in o["rules"]]
     settings = next(o for o in objects if o["kind"] == "ConfigMap")["data"]["config.yaml"]
     return sorted(rules_of(rules)), settings

@@ -54,7 +54,7 @@ class Release:
         return [doc for doc in yaml.safe_load_all(manifest) if doc]
 
     def hooks(self) -> list[dict[str, Any]]:
-        """The release's hooks (the peering object, the helm test pod)."""
+        """The release's hooks (the helm test pod; the peering object with peering on)."""
         manifest = self.cluster.helm("get", "hooks", RELEASE, "-n", self.namespace).stdout
         return [doc for doc in yaml.safe_load_all(manifest) if doc]
 
@@ -113,12 +113,13 @@ def test_install_is_accepted_under_restricted_pod_security(release: Release) -> 
     assert labels["pod-security.kubernetes.io/enforce"] == "restricted"
     assert "PodSecurity" not in release.install.stderr, release.install.stderr
 
-    # Every object of the release is there, and the post-install hook made the peering.
+    # Every object of the release is there: two replicas with leader election (a Role for
+    # the Lease, a PodDisruptionBudget), so no Kopf peering CRDs or peering object.
     kinds = sorted(obj["kind"] for obj in release.objects())
     assert kinds == sorted([
         "ClusterRole", "ClusterRoleBinding", "ConfigMap", "CustomResourceDefinition",
-        "CustomResourceDefinition", "CustomResourceDefinition", "CustomResourceDefinition",
-        "Deployment", "NetworkPolicy", "Service", "ServiceAccount",
+        "CustomResourceDefinition", "Deployment", "NetworkPolicy", "PodDisruptionBudget",
+        "Role", "RoleBinding", "Service", "ServiceAccount",
     ])  # fmt: skip
     manifest = cluster.helm("get", "manifest", RELEASE, "-n", namespace).stdout
     found = subprocess.run(
@@ -127,7 +128,7 @@ def test_install_is_accepted_under_restricted_pod_security(release: Release) -> 
     )  # fmt: skip
     assert found.returncode == 0, found.stderr
     assert len(found.stdout.split()) == len(kinds)
-    assert cluster.kubectl("get", "clusterkopfpeering", RELEASE, check=False).returncode == 0
+    assert not [hook for hook in release.hooks() if hook["kind"].endswith("KopfPeering")]
 
     # PodSecurity admission let the operator's pod in (the ReplicaSet created it) ...
     core = client.CoreV1Api(cluster.api_client())
@@ -194,9 +195,11 @@ def test_operator_as_the_chart_service_account_reconciles_to_ready(
             "status"
         ]
         assert status["phase"] == "Ready" and status["readyReplicas"] == 1
-        # It announced itself in the release's peering object (peering is on by default).
-        peering = custom.get_cluster_custom_object("kopf.dev", "v1", "clusterkopfpeerings", RELEASE)
-        assert peering.get("status"), peering
+        # It took the release's Lease, with the chart's Role (leader election is the default).
+        leases = client.CoordinationV1Api(cluster.api_client())
+        lease = leases.read_namespaced_lease(RELEASE, release.namespace)
+        assert lease.spec.holder_identity and lease.spec.lease_duration_seconds == 15
+        assert operator.health()["leader"] is True
         # No refusal of the chart's ServiceAccount (a cluster-wide operator also meets other
         # tests' leftovers in terminating namespaces, whose writes are refused otherwise).
         refused = re.findall(r'cannot \w+ resource \\?"[\w/.]+\\?"', operator.log())
@@ -249,8 +252,6 @@ def test_helm_upgrade_with_changed_values_rolls_the_operator(release: Release) -
         )
 
     wait_until(rolled, what="a new ReplicaSet with the old one scaled to zero")
-    # The post-upgrade hook put the peering object back.
-    assert cluster.kubectl("get", "clusterkopfpeering", RELEASE, check=False).returncode == 0
 
 
 def test_helm_uninstall_with_crds_keep_leaves_the_crd_and_users_objects(

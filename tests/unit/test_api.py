@@ -561,6 +561,7 @@ def test_crd_printer_columns() -> None:
         "Accelerator": ".status.decision.accelerator",
         "Ready": ".status.readyReplicas",
         "Desired": ".status.autoscaling.desiredReplicas",
+        "Cost/h": ".status.decision.costPerHour",
         "Phase": ".status.phase",
         "Compliant": '.status.conditions[?(@.type=="Compliant")].status',
         "Endpoint": ".status.endpoint",
@@ -801,7 +802,14 @@ def compare_type(
         return compare_model(schema, annotation, path)
     if origin in (Union, types.UnionType):
         return compare_int_or_string(schema, annotation, path)
-    expected_type = {str: "string", int: "integer", bool: "boolean", list: "array", dict: "object"}
+    expected_type = {
+        str: "string",
+        int: "integer",
+        float: "number",
+        bool: "boolean",
+        list: "array",
+        dict: "object",
+    }
     if origin is Literal:
         values = list(get_args(annotation))
         problems = [] if schema.get("type") == "string" else [f"{path}: enum must be a string"]

@@ -55,6 +55,34 @@ def test_plan_full_output(output: str, tmp_path: Path, capsys: pytest.CaptureFix
     ]
 
 
+def test_plan_alternatives_with_prices(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    md = _write(tmp_path / "md.yaml", model_deployment(GGUF_MODEL, name="qwen"))
+    settings = _write(
+        tmp_path / "settings.yaml", {"planning": {"gpuPricesPerHour": {"NVIDIA-L4": 0.8}}}
+    )
+    argv = ["plan", "-f", md, "--nodes", str(E2E_POOL), "--settings", settings]
+    code, out, err = _run([*argv, "--alternatives"], capsys)
+    assert (code, err) == (0, "")
+    chosen = [line for line in out.splitlines() if line.startswith("*  ")]
+    assert len(chosen) == 1 and "gpu/amd64/NVIDIA-L4/x1" in chosen[0] and "$0.80/h" in chosen[0]
+    assert "cpu/amd64/avx2/c5a.4xlarge" in out
+    code, out, _ = _run([*argv, "--alternatives", "-o", "json"], capsys)
+    rows = json.loads(out)["alternatives"]
+    assert [r["hardwareClass"] for r in rows if r["chosen"]] == ["gpu/amd64/NVIDIA-L4/x1"]
+    code, out, _ = _run(argv, capsys)
+    assert "  cost      $0.80/h per replica, $0.80/h in all" in out
+
+
+def test_plan_alternatives_exit_2_when_nothing_fits(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec = {**GGUF_MODEL, "hardware": {"gpu": {"products": ["B200"]}}}
+    md = _write(tmp_path / "md.yaml", model_deployment(spec))
+    code, out, _ = _run(["plan", "-f", md, "--nodes", str(E2E_POOL), "--alternatives"], capsys)
+    assert code == 2
+    assert "no: GPU: spec.hardware.gpu products rules it out" in out
+
+
 def test_plan_reads_a_kubectl_list(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     md = _write(tmp_path / "md.yaml", model_deployment(GGUF_MODEL))
     nodes = _write(
@@ -134,7 +162,7 @@ def test_plan_cluster_unreachable(tmp_path: Path, capsys: pytest.CaptureFixture[
     md = _write(tmp_path / "md.yaml", model_deployment(GGUF_MODEL))
     code, out, err = _run(["plan", "-f", md, "--kubeconfig", str(tmp_path / "none")], capsys)
     assert (code, out) == (1, "")
-    assert "cannot list nodes" in err
+    assert "cannot list nodes and pods" in err
 
 
 def test_plan_needs_nodes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

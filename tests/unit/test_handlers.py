@@ -61,6 +61,7 @@ def indexes(*mds: dict[str, Any]) -> dict[str, dict[Any, list[Any]]]:
         "child_services": {},
         "child_claims": {},
         "child_pods": {},
+        "pod_usage": {},
         "model_policies": {},
         "namespace_labels": {},
     }

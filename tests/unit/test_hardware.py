@@ -268,7 +268,7 @@ CASES = [
             "engine": "llamacpp",
             "accelerator": "cpu",
             "hardwareClass": "cpu/amd64/avx2/c5a.4xlarge",
-            "threads": 12,
+            "threads": 6,  # sizing.cpu_threads for 4 GiB of weights, not 3/4 of 16 cores
             "gpuLayers": 0,
             "gpusPerReplica": 0,
         },

@@ -114,7 +114,12 @@ def test_node_facts_of_a_bare_node() -> None:
 def test_pod_facts_keep_status_facts_only() -> None:
     waiting = {"name": "engine", "state": {"waiting": {"reason": "CrashLoopBackOff"}}}
     body: dict[str, Any] = {
-        "metadata": {"name": "chat-1", "labels": {"a": "b"}, "resourceVersion": "7"},
+        "metadata": {
+            "name": "chat-1",
+            "labels": {"a": "b"},
+            "resourceVersion": "7",
+            "annotations": {"modeldeploy.io/hardware-class": "cpu/amd64/avx2", "other": "x"},
+        },
         "spec": {"nodeName": "cpu-1", "containers": [{"name": "engine", "image": "x"}]},
         "status": {
             "phase": "Running",
@@ -127,7 +132,10 @@ def test_pod_facts_keep_status_facts_only() -> None:
     }
     facts = pod_facts(body)
     assert facts == {
-        "metadata": {"name": "chat-1"},
+        "metadata": {
+            "name": "chat-1",
+            "annotations": {"modeldeploy.io/hardware-class": "cpu/amd64/avx2"},
+        },
         "spec": {"nodeName": "cpu-1"},
         "status": {
             "phase": "Running",
@@ -162,6 +170,23 @@ def test_snapshot_is_a_deep_copy() -> None:
     kept = snapshot(body)
     body["metadata"]["labels"]["x"] = "2"
     assert kept == {"metadata": {"name": "a", "labels": {"x": "1"}}}
+
+
+def test_snapshot_leaves_out_metadata_no_decision_reads() -> None:
+    last_applied = "kubectl.kubernetes.io/last-applied-configuration"
+    body = {
+        "metadata": {
+            "name": "a",
+            "managedFields": [{"manager": "modeldeploy", "fieldsV1": {"f:spec": {}}}],
+            "annotations": {last_applied: "{...}", "modeldeploy.io/x": "1"},
+        },
+        "spec": {"replicas": 1},
+    }
+    assert snapshot(body) == {
+        "metadata": {"name": "a", "annotations": {"modeldeploy.io/x": "1"}},
+        "spec": {"replicas": 1},
+    }
+    assert "managedFields" in body["metadata"]  # the body itself is left alone
 
 
 @pytest.mark.parametrize(

@@ -150,7 +150,8 @@ def test_llamacpp_container() -> None:
     flags = dict(zip(args[:-2:2], args[1:-2:2], strict=False))
     assert flags["--ctx-size"] == str(8192 * 4)
     assert flags["--parallel"] == "4"
-    assert flags["--threads"] == "12"
+    # Sized to the model (sizing.cpu_threads: 2 + 4 GiB of weights), not to the node.
+    assert flags["--threads"] == "6"
     assert "--n-gpu-layers" not in flags  # CPU: no offload flag (a CPU build warns about it)
     assert flags["--alias"] == "qwen"
     assert flags["--port"] == "8000"
@@ -158,7 +159,7 @@ def test_llamacpp_container() -> None:
     assert args[-2:] == ["--temp", "0.7"]  # the user's args come last
     assert container["ports"] == [{"name": "http", "containerPort": 8000, "protocol": "TCP"}]
     resources = container["resources"]
-    assert resources["requests"]["cpu"] == resources["limits"]["cpu"] == "12"
+    assert resources["requests"]["cpu"] == resources["limits"]["cpu"] == "6"
 
 
 def test_vllm_container() -> None:
@@ -282,8 +283,10 @@ def test_spec_hash() -> None:
     changed["serving"]["args"] = ["--temp", "0.2"]
     other = _by_kind(_render(changed))["Deployment"]
     assert other["metadata"]["annotations"][ANNOTATION_SPEC_HASH] != digest
-    # Replicas are not part of the pod template: scaling does not roll pods.
-    rescaled = _by_kind(_render({**GGUF_SPEC, "replicas": 3}))["Deployment"]
+    # Replicas are not part of the pod template: scaling does not roll pods (two replicas
+    # still fit the same class, so the placement is the same).
+    rescaled = _by_kind(_render({**GGUF_SPEC, "replicas": 2}))["Deployment"]
+    assert rescaled["spec"]["replicas"] == 2
     assert rescaled["metadata"]["annotations"][ANNOTATION_SPEC_HASH] == digest
 
 

@@ -59,6 +59,20 @@ app.kubernetes.io/component: operator
 {{- default (include "modeldeploy.fullname" .) .Values.peering.name }}
 {{- end }}
 
+{{- define "modeldeploy.leaseName" -}}
+{{- default (include "modeldeploy.fullname" .) .Values.leaderElection.leaseName }}
+{{- end }}
+
+{{/* Values that exclude each other, refused at render time with what to change. */}}
+{{- define "modeldeploy.validate" -}}
+{{- if and .Values.peering.enabled .Values.leaderElection.enabled }}
+{{- fail "peering.enabled and leaderElection.enabled exclude each other (Kopf peering pauses every replica that sees another): turn one off" }}
+{{- end }}
+{{- if and (gt (int .Values.replicaCount) 1) (not .Values.leaderElection.enabled) }}
+{{- fail "replicaCount above 1 needs leaderElection.enabled: without the Lease every replica would write" }}
+{{- end }}
+{{- end }}
+
 {{/* The operator's settings file (modeldeploy run --config), rendered as JSON, which is
 YAML too (and keeps large integers out of scientific notation). Keys are the operator's
 own (operator/modeldeploy/settings.py); it refuses unknown ones. */}}
@@ -74,6 +88,14 @@ own (operator/modeldeploy/settings.py); it refuses unknown ones. */}}
   "scrapeTimeoutSeconds" .Values.config.scrapeTimeoutSeconds
   "maxScaleUpStep" .Values.config.maxScaleUpStep
   "peering" (ternary (include "modeldeploy.peeringName" .) nil .Values.peering.enabled)
+  "leaderElection" (dict
+    "enabled" .Values.leaderElection.enabled
+    "leaseName" (include "modeldeploy.leaseName" .)
+    "namespace" .Release.Namespace
+    "leaseDurationSeconds" .Values.leaderElection.leaseDurationSeconds
+    "renewDeadlineSeconds" .Values.leaderElection.renewDeadlineSeconds
+    "retryPeriodSeconds" .Values.leaderElection.retryPeriodSeconds
+  )
   "metricsPort" .Values.metrics.port
   "healthPort" .Values.health.port
   "bindAddress" "0.0.0.0"

@@ -49,6 +49,9 @@ LABEL_COMPONENT = "app.kubernetes.io/component"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 LABEL_MODEL_DEPLOYMENT = "modeldeploy.io/model-deployment"
 ANNOTATION_SPEC_HASH = "modeldeploy.io/spec-hash"
+# The hardware class a pod was planned for: the re-plan after an unschedulable wait counts
+# only the pods of the class the decision names (capacity.py, reconcile.py).
+ANNOTATION_HARDWARE_CLASS = "modeldeploy.io/hardware-class"
 MANAGED_BY = "modeldeploy"
 COMPONENT_SERVER = "server"
 COMPONENT_CACHE = "model-cache"
@@ -339,6 +342,7 @@ def render_pod_template(inputs: RenderInputs) -> dict[str, Any]:
                 "prometheus.io/scrape": "true",
                 "prometheus.io/port": str(config.port),
                 "prometheus.io/path": runtime_for(placement.engine).metrics_path,
+                ANNOTATION_HARDWARE_CLASS: placement.hardware_class.id,
             }
             # A new revision changes the template's hash, so the pods roll (provenance.py).
             | (pod_annotations(inputs.provenance) if inputs.provenance else {}),
