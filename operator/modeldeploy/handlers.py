@@ -23,6 +23,7 @@ runs these handlers, and only the holder of the Lease runs passes (``passes.acti
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 from collections.abc import Mapping
@@ -36,6 +37,7 @@ from modeldeploy.api import API_GROUP, API_VERSION, PLURAL
 from modeldeploy.apply import Writer
 from modeldeploy.autoscaler import Autoscaler
 from modeldeploy.clients import (
+    PASS_THREADS,
     api_client,
     identity,
     own_namespace,
@@ -104,6 +106,9 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: An
             certfile=str(webhook.cert_file),
             pkeyfile=str(webhook.key_file),
         )
+    asyncio.get_running_loop().set_default_executor(
+        concurrent.futures.ThreadPoolExecutor(PASS_THREADS, thread_name_prefix="pass")
+    )
     api = api_client(state.identity)
     state.writer = Writer(api)
     state.resolver = ArtifactResolver(
