@@ -8,6 +8,9 @@
   creates; the standby takes the Lease within the documented bound
   (``LeaderElectionSettings.failover_bound_seconds``: duration + 2 x retry period), and
   every ModelDeployment converges, with no duplicate ReplicaSet and no orphan.
+- A churn soak, bounded to five minutes: 50 ModelDeployments created, changed and deleted
+  at random while the leader is SIGKILLed every 20 s; every object ends with its last spec,
+  nothing orphaned, no extra ReplicaSet.
 - A standby (not holding the Lease) answers the admission webhook from its own indexes.
 - A watch refused by RBAC makes ``/healthz`` answer 503 naming it; once the permission is
   granted, Kopf's next retry succeeds and ``/healthz`` answers 200, without a restart.
@@ -25,6 +28,7 @@ import datetime
 import ipaddress
 import json
 import os
+import random
 import ssl
 import time
 from collections.abc import Iterator, Mapping
@@ -240,6 +244,96 @@ def test_the_standby_takes_over_when_the_leader_is_killed_during_a_batch(
         leader.stop()
         if standby is not None:
             standby.stop()
+
+
+# -- churn while the leader is killed ----------------------------------------------------
+
+CHURN_LIVE = 50  # ModelDeployments kept alive at once
+CHURN_S = 300.0  # the soak's length (bounded: five minutes)
+KILL_EVERY_S = 20.0
+CONTEXTS = (1024, 2048, 4096)
+TINY = {"cpu": "500m", "memory": "1Gi"}  # 50 of them fit NODE (32 CPUs, 128 Gi)
+
+
+@pytest.mark.timeout(900)
+def test_churn_while_the_leader_is_killed_every_20_s_converges_without_orphans(
+    crd_cluster: ClusterHandle, namespace: str
+) -> None:
+    """50 ModelDeployments created, changed and deleted at random (seeded) for five minutes
+    while the Lease holder is SIGKILLed every 20 s (a fresh replica replaces it, so two
+    always run): at the end every object's Deployment carries its last spec, nothing is
+    orphaned and no object has more ReplicaSets than spec versions."""
+    api = ModelDeploymentApi(crd_cluster, namespace)
+    rng = random.Random(15)
+    replicas = [replica(crd_cluster, namespace, "churn-0").start()]
+    started = 1
+    live: dict[str, int] = {}  # name -> its last contextLength
+    changes: dict[str, int] = {}
+    created = 0
+
+    def create() -> None:
+        nonlocal created
+        name = f"churn-{created}"
+        created += 1
+        md = gemma(name)
+        md["spec"]["serving"].update(
+            contextLength=CONTEXTS[0], resources={"requests": TINY, "limits": TINY}
+        )
+        api.create(md)
+        live[name], changes[name] = CONTEXTS[0], 0
+
+    try:
+        wait_until(lambda: holder(crd_cluster, namespace) == "churn-0", 30, "the first leader")
+        replicas.append(replica(crd_cluster, namespace, "churn-1").start())
+        started = 2
+        for _ in range(CHURN_LIVE):
+            create()
+        deadline = time.monotonic() + CHURN_S
+        next_kill = time.monotonic() + KILL_EVERY_S
+        kills = 0
+        while time.monotonic() < deadline:
+            action = rng.choice(("update", "update", "delete", "create"))
+            if action == "update" and live:
+                name = rng.choice(sorted(live))
+                context = rng.choice([c for c in CONTEXTS if c != live[name]])
+                api.patch_spec(name, {"serving": {"contextLength": context}})
+                live[name] = context
+                changes[name] += 1
+            elif action == "delete" and live:
+                name = rng.choice(sorted(live))
+                api.custom.delete_namespaced_custom_object(
+                    "modeldeploy.io", "v1alpha1", namespace, "modeldeployments", name
+                )
+                del live[name]
+            elif len(live) < CHURN_LIVE:
+                create()
+            if time.monotonic() >= next_kill:
+                leading = holder(crd_cluster, namespace)
+                for process in replicas:
+                    if process.identity == leading:
+                        process.kill()
+                        kills += 1
+                replicas = [p for p in replicas if p.identity != leading]
+                replicas.append(replica(crd_cluster, namespace, f"churn-{started}").start())
+                started += 1
+                next_kill += KILL_EVERY_S
+            time.sleep(0.5)  # pacing the load generator, not synchronisation
+        print(f"churn: {created} created, {sum(changes.values())} changes, {kills} kills")
+        assert kills >= CHURN_S // KILL_EVERY_S - 1
+
+        names = sorted(live)
+        for name in names:
+            wait_until(lambda n=name: converged(api, n, live[n]), 180, f"{name} to converge")
+
+        def collected() -> bool:  # the deleted ones' children are garbage-collected
+            deployments = api.apps.list_namespaced_deployment(namespace).items
+            return len(deployments) == len(names)
+
+        wait_until(collected, 120, "the deleted objects' children to be collected")
+        assert_no_duplicates_or_orphans(api, names, changes)
+    finally:
+        for process in replicas:
+            process.stop()
 
 
 # -- the webhook on a standby --------------------------------------------------------
