@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import ipaddress
 import json
 import os
 import random
@@ -38,10 +37,6 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from e2e.chart import service_account_kubeconfig
 from e2e.cluster.local import REPO, LocalCluster
 from e2e.cluster.tools import control_plane_bin_dir
@@ -54,6 +49,7 @@ from e2e.harness import (
     install_crds,
     wait_until,
 )
+from e2e.webhook_tls import serving_certificates
 from kubernetes import client
 
 from modeldeploy.settings import LeaderElectionSettings
@@ -339,41 +335,10 @@ def test_churn_while_the_leader_is_killed_every_20_s_converges_without_orphans(
 # -- the webhook on a standby --------------------------------------------------------
 
 
-def serving_certificate(where: Path) -> tuple[Path, Path]:
-    """A self-signed serving certificate for 127.0.0.1: (cert file, key file)."""
-    now = datetime.datetime.now(datetime.UTC)
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .sign(key, hashes.SHA256())
-    )
-    cert_file, key_file = where / "tls.crt", where / "tls.key"
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_file, key_file
-
-
 def test_a_standby_serves_the_admission_webhook(
     crd_cluster: ClusterHandle, namespace: str, model_policies: Any, tmp_path: Path
 ) -> None:
-    cert_file, key_file = serving_certificate(tmp_path)
+    cert_file, key_file, ca = serving_certificates(tmp_path)
     port = free_port()
     settings = tmp_path / "settings.yaml"
     admission = {"enabled": True, "port": port, "certFile": str(cert_file),
@@ -418,7 +383,7 @@ def test_a_standby_serves_the_admission_webhook(
             },
         }  # fmt: skip
 
-        trust = ssl.create_default_context(cafile=str(cert_file))
+        trust = ssl.create_default_context(cadata=ca.decode())
 
         def judged() -> dict[str, Any] | None:
             # What the API server would send; the standby answers from its own indexes (the

@@ -15,21 +15,16 @@ from __future__ import annotations
 
 import base64
 import copy
-import datetime
-import ipaddress
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from e2e.cluster.local import REPO
 from e2e.harness import ClusterHandle, ModelDeploymentApi, OperatorProcess, free_port, wait_until
 from e2e.mirror import ModelMirror
+from e2e.webhook_tls import serving_certificates
 from kubernetes import client
 
 DEADLINE = 90
@@ -53,55 +48,12 @@ def policy(name: str, namespace: str, enforcement: str, **rules: Any) -> dict[st
     }
 
 
-def _certificates(where: Path) -> tuple[Path, Path, bytes]:
-    """A CA and a serving certificate for 127.0.0.1: (cert file, key file, CA PEM)."""
-    now = datetime.datetime.now(datetime.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "modeldeploy-test-ca")])
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    cert_file, key_file = where / "tls.crt", where / "tls.key"
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_file, key_file, ca.public_bytes(serialization.Encoding.PEM)
-
-
 @pytest.fixture
 def webhook_operator(
     crd_cluster: ClusterHandle, namespace: str, tmp_path: Path
 ) -> Iterator[OperatorProcess]:
     """The operator serving the webhook over TLS, registered for this namespace only."""
-    cert_file, key_file, ca = _certificates(tmp_path)
+    cert_file, key_file, ca = serving_certificates(tmp_path)
     port = free_port()
     settings = tmp_path / "settings.yaml"
     settings.write_text(
