@@ -35,7 +35,6 @@ import itertools
 import json
 import os
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -46,13 +45,14 @@ if __package__ in (None, ""):  # run as a script: bench/autoscale.py
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from e2e.autoscaling import NAME, SLOTS_PER_POD, AutoscalingRig, autoscaled_gemma
-from e2e.cluster.local import REPO, LocalCluster
-from e2e.cluster.tools import control_plane_bin_dir
-from e2e.harness import ClusterHandle, ModelDeploymentApi, install_crds, wait_until
+from e2e.cluster.local import REPO
+from e2e.harness import ClusterHandle, ModelDeploymentApi, wait_until
 from e2e.mirror import ModelMirror
 from e2e.models import GEMMA_FILE, ensure_gemma
 from e2e.podrunner import llama_server_dir
 from kubernetes import client
+
+from bench.cluster import bench_cluster
 
 DEFAULT_PNG = REPO / "bench" / "out" / "autoscale.png"
 
@@ -426,16 +426,8 @@ def main() -> None:
     llama = llama_server_dir()
     if llama is None:
         sys.exit("llama-server is not built: run `make llama-server`")
-    with tempfile.TemporaryDirectory(prefix="modeldeploy-bench-autoscale-") as tmp:
-        local = LocalCluster(Path(tmp) / "cluster", control_plane_bin_dir())
-        log("starting the local cluster")
-        local.start()
-        try:
-            cluster = ClusterHandle(local.kubeconfig, None, workdir=local.workdir)
-            install_crds(cluster)
-            report = run(cluster, llama, args)
-        finally:
-            local.stop()
+    with bench_cluster("autoscale") as cluster:
+        report = run(cluster, llama, args)
     print(json.dumps(report, indent=2))
 
 

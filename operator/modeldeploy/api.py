@@ -129,6 +129,11 @@ DATA_KEY_PATTERN = r"^[-._a-zA-Z0-9]+$"
 # A signature bundle: a path inside the source (no leading "/"), or a URI of one scheme.
 SIGNATURE_BUNDLE_PATTERN = r"^((hf|s3|gs|https|oci|pvc)://.+|[^/].*)$"
 _PARENT_SEGMENT = re.compile(r"(^|/)\.\.(/|$)")
+# An adapter's OpenAI model name (what clients pass as "model"), as vLLM's --lora-modules
+# and llama.cpp's router take it: no spaces, no "=".
+ADAPTER_NAME_PATTERN = r"^[A-Za-z0-9][-._A-Za-z0-9/:]*$"
+# Engines keep every adapter resident (vLLM --max-loras, llama.cpp loads all at start).
+MAX_ADAPTERS = 16
 
 _PARAMETER_SUFFIXES = {"": 1.0, "K": 1e3, "M": 1e6, "B": 1e9, "T": 1e12}
 _SPECIAL_ALIASES = {"min_memory_gib": "minMemoryGiB"}
@@ -278,6 +283,38 @@ class ModelSource(_ApiModel):
         return self
 
 
+class Adapter(_ApiModel):
+    """A LoRA adapter served on the base model under its own OpenAI model name.
+
+    Its files are chosen like the model's (``files`` globs, else the one GGUF adapter or a
+    PEFT ``adapter_config.json`` with ``adapter_model.safetensors``), fetched and verified by
+    the same init container, with ``spec.model.credentialsSecret``'s credentials.
+    ``scale`` multiplies the adapter's delta (llama.cpp only; vLLM and SGLang apply
+    alpha/r as trained).
+    """
+
+    name: Annotated[str, Field(pattern=ADAPTER_NAME_PATTERN, max_length=253)]
+    source: Annotated[str, Field(pattern=SOURCE_PATTERN, max_length=2048)]
+    revision: Annotated[str, Field(min_length=1, max_length=255)] | None = None
+    files: list[NonEmptyStr] = Field(default_factory=list, max_length=16)
+    digests: dict[str, Annotated[str, Field(pattern=SHA256_PATTERN)]] = Field(
+        default_factory=dict, max_length=16
+    )
+    scale: Annotated[float, Field(ge=0.01, le=8)] | None = None
+
+    @model_validator(mode="after")
+    def _check_rules(self) -> Adapter:
+        if self.source.startswith("hf://") and re.match(HF_SOURCE_PATTERN, self.source) is None:
+            raise _FieldRuleError(
+                "source", "an hf:// source must name a repository: hf://OWNER/NAME"
+            )
+        if self.digests and self.revision is None:
+            raise _FieldRuleError(
+                "revision", "required when digests are pinned (a digest pins one revision)"
+            )
+        return self
+
+
 class GpuRequest(_ApiModel):
     """What each replica needs from GPUs."""
 
@@ -401,10 +438,15 @@ class ModelDeploymentSpec(_ApiModel):
     autoscaling: Autoscaling = Field(default_factory=Autoscaling)
     cache: Cache = Field(default_factory=Cache)
     budget: Budget = Field(default_factory=Budget)
+    adapters: list[Adapter] = Field(default_factory=list, max_length=MAX_ADAPTERS)
 
     @model_validator(mode="after")
     def _check_rules(self) -> ModelDeploymentSpec:
         quantization = self.model.quantization
+        names = [adapter.name for adapter in self.adapters]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise _FieldRuleError("adapters", f"duplicate adapter names: {', '.join(repeated)}")
         if self.engine != "auto":
             _check_engine(
                 catalog.Engine(self.engine),
@@ -479,6 +521,12 @@ class ModelDeployment(_ApiModel):
                 "metadata.name",
                 "must be a DNS-1035 label of at most 63 characters (it names the Service)",
             )
+        if any(adapter.name == self.served_name for adapter in self.spec.adapters):
+            raise _FieldRuleError(
+                "spec.adapters",
+                f"an adapter is named {self.served_name!r}, the base model's served name; "
+                "give each adapter a name of its own",
+            )
         return self
 
     @property
@@ -508,6 +556,13 @@ def parse_model_deployment(obj: object) -> ModelDeployment:
     )
 
 
+def parse_adapter(obj: object) -> Adapter:
+    """Validate one ``spec.adapters`` entry (camelCase keys) or raise one SpecError."""
+    return parse_wire(
+        obj, Adapter, alias=_alias, pattern_message=_pattern_message, kind="an adapter"
+    )
+
+
 def parse_spec(obj: object) -> ModelDeploymentSpec:
     """Validate just a ``spec`` mapping or raise one SpecError with a ``spec.`` path."""
     return parse_wire(
@@ -519,6 +574,11 @@ def _pattern_message(location: tuple[str | int, ...], value: object) -> str:
     """Say in words what a patterned field accepts."""
     field = next((part for part in reversed(location) if isinstance(part, str)), "")
     shown = repr(value)
+    if field == "name" and ("adapters" in location or len(location) == 1):
+        return (
+            f"{shown} must be an OpenAI model name: letters, digits, '-', '_', '.', '/' and ':', "
+            "starting with a letter or digit"
+        )
     hints = {
         "source": f"{shown} must be a URI with scheme "
         + ", ".join(f"{scheme}://" for scheme in SOURCE_SCHEMES),

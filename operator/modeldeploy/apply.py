@@ -43,6 +43,7 @@ class Writer:
         self.core = client.CoreV1Api(api)
         apps = client.AppsV1Api(api)
         autoscaling = client.AutoscalingV2Api(api)
+        networking = client.NetworkingV1Api(api)
         # The (patch, delete) methods of the typed client for each child kind.
         self._methods: dict[str, tuple[Callable[..., Any], Callable[..., Any]]] = {
             "Deployment": (apps.patch_namespaced_deployment, apps.delete_namespaced_deployment),
@@ -61,6 +62,11 @@ class Writer:
                 autoscaling.delete_namespaced_horizontal_pod_autoscaler,
             ),
             "ScaledObject": (self._patch_scaled_object, self._delete_scaled_object),
+            # Ingress only from the gateway and the operator (render/network_policy.py).
+            "NetworkPolicy": (
+                networking.patch_namespaced_network_policy,
+                networking.delete_namespaced_network_policy,
+            ),
         }
 
     def _kind(self, kind: str) -> tuple[Callable[..., Any], Callable[..., Any]]:
@@ -108,11 +114,13 @@ class Writer:
         API_WRITES.labels(verb="delete", kind=kind).inc()
         preconditions = {"uid": uid} if uid else None
         try:
-            delete(
-                name,
-                namespace,
-                body={"preconditions": preconditions, "propagationPolicy": "Background"},
-                _preload_content=False,
+            _release(
+                delete(
+                    name,
+                    namespace,
+                    body={"preconditions": preconditions, "propagationPolicy": "Background"},
+                    _preload_content=False,
+                )
             )
         except client.ApiException as error:
             if error.status != 404:  # already gone is what we wanted
@@ -127,7 +135,7 @@ class Writer:
             "metadata": {"name": name, "namespace": namespace},
             "status": dict(status),
         }
-        self.custom.patch_namespaced_custom_object_status(
+        response = self.custom.patch_namespaced_custom_object_status(
             API_GROUP,
             API_VERSION,
             namespace,
@@ -139,6 +147,7 @@ class Writer:
             _content_type="application/apply-patch+yaml",
             _preload_content=False,
         )
+        _release(response)
 
     def set_finalizers(
         self, namespace: str, name: str, finalizers: list[str], resource_version: str | None
@@ -149,7 +158,7 @@ class Writer:
         if resource_version:
             metadata["resourceVersion"] = resource_version  # 409 if it changed since
         try:
-            self.custom.patch_namespaced_custom_object(
+            response = self.custom.patch_namespaced_custom_object(
                 API_GROUP,
                 API_VERSION,
                 namespace,
@@ -160,6 +169,7 @@ class Writer:
                 _content_type="application/merge-patch+json",
                 _preload_content=False,
             )
+            _release(response)
         except client.ApiException as error:
             if error.status != 404:  # gone already: nothing left to release
                 raise
@@ -171,7 +181,7 @@ class Writer:
         meta = md["metadata"]
         now = datetime.datetime.now(datetime.UTC)
         API_WRITES.labels(verb="create", kind="Event").inc()
-        self.core.create_namespaced_event(
+        response = self.core.create_namespaced_event(
             meta["namespace"],
             {
                 "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
@@ -197,3 +207,14 @@ class Writer:
             },
             _preload_content=False,
         )
+        _release(response)
+
+
+def _release(response: Any) -> None:
+    """Read an unread response to its end and hand its connection back to the pool.
+
+    With ``_preload_content=False`` urllib3 keeps the connection until the body is read;
+    a response left unread makes the next request open (and TLS-handshake) a new one.
+    """
+    response.drain_conn()
+    response.release_conn()

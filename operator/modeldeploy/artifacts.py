@@ -20,7 +20,14 @@ from typing import Any
 
 from pydantic.alias_generators import to_camel
 
-from modeldeploy.api import ModelSource
+from modeldeploy.adapters import (
+    INCOMPATIBLE_ADAPTER,
+    ResolvedAdapter,
+    adapters_from_status,
+    adapters_hash,
+    adapters_status,
+)
+from modeldeploy.api import Adapter, ModelSource
 from modeldeploy.fetch.errors import (
     CredentialError,
     DigestMismatchError,
@@ -51,7 +58,7 @@ REFUSING_REASONS = frozenset(
         InvalidArtifactError,  # a malformed header, config.json or listing
         SignatureInvalidError,  # reported by the pods' fetchers; the operator never verifies
     )
-)
+) | {INCOMPATIBLE_ADAPTER}
 
 
 @dataclass(frozen=True)
@@ -68,6 +75,7 @@ class ArtifactState:
     message: str
     model_hash: str
     source: str  # canonical source URI
+    adapters: tuple[ResolvedAdapter, ...] = ()  # spec.adapters resolved, in spec order
 
     @property
     def refused(self) -> bool:
@@ -83,6 +91,14 @@ def model_hash(model: ModelSource) -> str:
     fields = model.model_dump(mode="json", by_alias=True, exclude={"signature"})
     text = json.dumps(fields, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def artifact_hash(model: ModelSource, adapters: Sequence[Adapter] = ()) -> str:
+    """``model_hash``, extended by ``spec.adapters`` when there are any."""
+    digest = model_hash(model)
+    if not adapters:
+        return digest
+    return hashlib.sha256(f"{digest}/{adapters_hash(adapters)}".encode()).hexdigest()[:16]
 
 
 _ARCHITECTURE_FIELDS = {to_camel(f.name): f.name for f in dataclasses.fields(ModelArchitecture)}
@@ -102,14 +118,22 @@ def artifact_status(state: ArtifactState) -> dict[str, Any] | None:
     if state.resolution.architecture is not None:
         out["architecture"] = architecture_status(state.resolution.architecture)
     out["modelHash"] = state.model_hash
+    if state.adapters:
+        out["adapters"] = adapters_status(state.adapters)
     return out
 
 
-def state_from_status(status: Mapping[str, Any], model: ModelSource) -> ArtifactState | None:
-    """The resolution recorded in ``status.artifact`` if it was made for this ``spec.model``."""
+def state_from_status(
+    status: Mapping[str, Any], model: ModelSource, adapters: Sequence[Adapter] = ()
+) -> ArtifactState | None:
+    """The resolution recorded in ``status.artifact`` if it was made for this ``spec.model``
+    and ``spec.adapters``."""
     recorded = status.get("artifact") or {}
-    digest = model_hash(model)
+    digest = artifact_hash(model, adapters)
     if recorded.get("modelHash") != digest or not recorded.get("resolvedRevision"):
+        return None
+    restored = adapters_from_status(recorded.get("adapters") or [], adapters)
+    if restored is None:
         return None
     architecture = None
     if recorded.get("architecture"):
@@ -130,7 +154,9 @@ def state_from_status(status: Mapping[str, Any], model: ModelSource) -> Artifact
         license=recorded.get("license"),
         architecture=architecture,
     )
-    return ArtifactState(resolution, "Resolved", describe(resolution), digest, resolution.source)
+    return ArtifactState(
+        resolution, "Resolved", describe(resolution), digest, resolution.source, restored
+    )
 
 
 def describe(resolution: Resolution) -> str:

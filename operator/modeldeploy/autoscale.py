@@ -9,8 +9,10 @@ Requests per second and CPU mean little for LLM servers; requests in flight do.
 - ``targetQueueDepth`` is the number of requests in flight (running + waiting) that one
   replica should hold on average. The recommendation is ``ceil(total load over the scraped
   Ready pods / targetQueueDepth)``, clamped to [effective min, ``maxReplicas``].
-- ``minReplicas: 0`` behaves as 1 for now (scale to zero needs a gateway that holds
-  requests while a pod starts): effective min = max(1, ``minReplicas``).
+- ``minReplicas: 0`` behaves as 1 (effective min = max(1, ``minReplicas``)) unless the
+  policy allows zero (``zero_allowed``: the gateway holds requests while a pod starts and
+  signals the operator). Then a model scales down to 0 like to any count, and the requests
+  the gateway holds for it (``held``) count as load: at zero, any held request wakes it.
 - KV-cache pressure: where pods publish KV-cache usage (0..1) and its mean over the scraped
   Ready pods is at or above ``kvCacheHigh`` (default 0.9), the recommendation is at least
   the number of scraped Ready pods + 1.
@@ -81,6 +83,7 @@ class AutoscalePolicy:
     scale_down_delay_seconds: float
     max_scale_up_step: int = 4
     kv_cache_high: float = 0.9
+    zero_allowed: bool = False
 
     def __post_init__(self) -> None:
         problems = []
@@ -101,8 +104,8 @@ class AutoscalePolicy:
 
     @property
     def effective_min(self) -> int:
-        """``minReplicas``, with 0 acting as 1 until scale to zero is supported."""
-        return max(1, self.min_replicas)
+        """``minReplicas``, with 0 acting as 1 unless zero is allowed."""
+        return self.min_replicas if self.zero_allowed else max(1, self.min_replicas)
 
 
 @dataclass(frozen=True)
@@ -134,8 +137,11 @@ def decide(
     policy: AutoscalePolicy,
     window: Sequence[Recommendation],
     now: float,
+    *,
+    held: float = 0.0,
 ) -> Decision:
-    """The replicas the Deployment should have now, by the rules in the module docstring."""
+    """The replicas the Deployment should have now, by the rules in the module docstring;
+    ``held`` is what the gateway holds for the model, waiting for a pod."""
     low, high = policy.effective_min, policy.max_replicas
     base = min(max(current, low), high)
     notes = []
@@ -150,13 +156,17 @@ def decide(
     waiting = sum(load.waiting for load in loads)
     total = running + waiting
     usages = [load.kv_cache_usage for load in loads if load.kv_cache_usage is not None]
+    if held > 0:
+        waiting += held
+        total += held
+        notes.append(f"{_num(held)} held at the gateway")
 
     delay = policy.scale_down_delay_seconds
     kept = [r for r in window if now - delay <= r.at <= now]
     if not window and delay > 0:
         kept.append(Recommendation(now, base))
 
-    if not loads:
+    if not loads and not held:
         why = f"no ready pod scraped ({len(ready)} ready)" if ready else "no pod is Ready"
         notes.append(f"holding {base}: {why}; never scale down on missing metrics")
         desired = recorded = base

@@ -53,6 +53,7 @@ class Target:
     pods: Sequence[Mapping[str, Any]]
     children: Sequence[Mapping[str, Any]]
     previous: Mapping[str, Any] | None  # status.autoscaling as last written
+    held: float = 0.0  # requests the gateway holds for it, waiting for a pod (demand.py)
 
 
 def pod_ready(pod: Mapping[str, Any]) -> bool:
@@ -68,6 +69,7 @@ def target_of(
     body: Mapping[str, Any],
     pods: Sequence[Mapping[str, Any]],
     children: Sequence[Mapping[str, Any]],
+    held: float = 0.0,
 ) -> Target | None:
     """The autoscaling target a ModelDeployment makes, or None (not native, not planned)."""
     status = body.get("status") or {}
@@ -89,6 +91,7 @@ def target_of(
         pods=pods,
         children=children,
         previous=status.get("autoscaling"),
+        held=held,
     )
 
 
@@ -123,6 +126,7 @@ class Autoscaler:
             target.md.spec.replicas,
             target.previous,
             deployment_replicas(target.children),
+            self.config.scale_to_zero,
         )
         samples = await asyncio.gather(
             *(self._sample(client, target.runtime, pod) for pod in target.pods)
@@ -133,9 +137,11 @@ class Autoscaler:
             target_queue_depth=autoscaling.target_queue_depth,
             scale_down_delay_seconds=autoscaling.scale_down_delay_seconds,
             max_scale_up_step=self.max_scale_up_step,
+            zero_allowed=self.config.scale_to_zero,
         )
+        window = self.windows.get(target.uid, ())
         decision = decide(
-            samples, record.desired, policy, self.windows.get(target.uid, ()), time.monotonic()
+            samples, record.desired, policy, window, time.monotonic(), held=target.held
         )
         self.windows[target.uid] = decision.window
         updated = record_decision(record, decision, utc_now())

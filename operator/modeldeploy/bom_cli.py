@@ -143,7 +143,7 @@ def local_bom(
     env: dict[str, str] | None = None,
     timestamp: str | None = None,
 ) -> str:
-    """Fetch ``md``'s model into the local cache and build its ML-BOM from the fetched files."""
+    """Fetch ``md``'s model and adapters into the local cache; its ML-BOM from the fetched files."""
     import dataclasses
     import json
 
@@ -157,11 +157,12 @@ def local_bom(
     from modeldeploy.provenance import provenance_from
     from modeldeploy.resolution import ArtifactFile, Resolution
     from modeldeploy.runtimes import runtime_for
-    from modeldeploy.serve.local import default_cache
+    from modeldeploy.serve.local import LocalServeError, default_cache, fetch_adapters
 
     env = dict(os.environ) if env is None else env
+    cache = cache or default_cache()
     try:
-        result = fetch(FetchRequest.from_model(md.spec.model), (cache or default_cache()), env=env)
+        result = fetch(FetchRequest.from_model(md.spec.model), cache, env=env)
     except FetchError as error:
         raise BomUnavailableError(f"fetch failed: {error}") from None
     try:
@@ -213,5 +214,10 @@ def local_bom(
         parameters=parameters,
         operator_image=config.operator_image,
     )
+    try:
+        adapters = fetch_adapters(md, cache, env)
+    except LocalServeError as error:
+        raise BomUnavailableError(str(error)) from None
     when = timestamp or str(md.metadata.get("creationTimestamp") or "") or utc_now()
-    return build_bom(md, resolution, runtime, provenance_from(md, resolution), timestamp=when)
+    provenance = provenance_from(md, resolution)
+    return build_bom(md, resolution, runtime, provenance, adapters=adapters, timestamp=when)

@@ -27,9 +27,10 @@ PeeringReader = Callable[[], list[Mapping[str, Any] | None]]
 
 
 # Threads that run reconcile passes (asyncio's default executor, set at start-up): a pass
-# mostly waits on API calls, so more of them than CPU cores keep a burst of creates moving
-# (asyncio's own default is CPU cores + 4).
-PASS_THREADS = 16
+# waits on API calls, so more of them than CPU cores keep a burst of creates moving, but
+# its planning holds the GIL, so many more only contend (bench/reconcile.py at N=200 on
+# 2 cores: p99 create→Deployment 4: 12.2 s, 8: 10.5-11.6 s, 16: 12.6 s, 32: worse).
+PASS_THREADS = 8
 
 
 def api_client(who: str = "") -> client.ApiClient:

@@ -337,7 +337,9 @@ def source_matches(pattern: str, source: str) -> bool:
     return ambiguous_source(source) is None and _glob(pattern).fullmatch(source) is not None
 
 
-def _source_violation(policy: ModelPolicy, source: str) -> Violation | None:
+def _source_violation(
+    policy: ModelPolicy, source: str, field: str = "spec.model.source"
+) -> Violation | None:
     patterns = policy.spec.allowed_sources
     if not patterns or any(source_matches(p, source) for p in patterns):
         return None
@@ -347,7 +349,7 @@ def _source_violation(policy: ModelPolicy, source: str) -> Violation | None:
         if why
         else f"{source} matches none of the allowed patterns"
     )
-    return _violation(policy, "allowedSources", "spec.model.source", message, ", ".join(patterns))
+    return _violation(policy, "allowedSources", field, message, ", ".join(patterns))
 
 
 def source_allowed(
@@ -681,8 +683,13 @@ def check_policy(
         violations.extend(result[0])
         pending.extend(result[1])
 
-    source = _source_violation(policy, md.spec.model.source)
-    violations.extend([source] if source else [])
+    sources = [(md.spec.model.source, "spec.model.source")] + [
+        (adapter.source, f"spec.adapters[{index}].source")
+        for index, adapter in enumerate(md.spec.adapters)
+    ]
+    for source, where in sources:
+        violation = _source_violation(policy, source, where)
+        violations.extend([violation] if violation else [])
     violations.extend(_revision_rule(policy, md, artifact))
     violations.extend(_digest_rule(policy, md, artifact))
     add(_license_rules(policy, annotations, artifact))

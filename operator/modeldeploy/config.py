@@ -100,6 +100,14 @@ class OperatorConfig:
     # A ModelDeployment whose pods stay unschedulable this long on its class is re-planned
     # onto another class (each class at most once per generation, so it never flaps).
     replan_after_seconds: int = 120
+    # With the gateway (docs/gateway.md), which holds requests while a model has no pod and
+    # signals the operator at once: autoscaling minReplicas 0 scales to zero. Without it,
+    # minReplicas 0 acts as 1 (nothing would wake the model).
+    scale_to_zero: bool = False
+    # NetworkPolicyPeer objects allowed to reach model pods on the serving port (the gateway's
+    # and the operator's pods; the chart fills it with gateway.enabled). Non-empty: every
+    # ModelDeployment gets a NetworkPolicy admitting only them (render/network_policy.py).
+    model_ingress_from: tuple[Mapping[str, Any], ...] = ()
 
     @property
     def priced(self) -> bool:

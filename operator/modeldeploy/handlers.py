@@ -45,6 +45,7 @@ from modeldeploy.clients import (
     probe_client,
     secret_reader,
 )
+from modeldeploy.demand import DEMAND_LABEL
 from modeldeploy.election import KubernetesLeases, Leadership
 from modeldeploy.health import KOPF_BACKOFFS, Health, KopfMonitor, probe_forever, serve
 from modeldeploy.metrics import set_phase_counts
@@ -59,8 +60,9 @@ from modeldeploy.passes import (
     key_of,
     reconcile_key,
     resync_forever,
+    wake,
 )
-from modeldeploy.render import LABEL_MANAGED_BY, MANAGED_BY
+from modeldeploy.render import LABEL_MANAGED_BY, LABEL_MODEL_DEPLOYMENT, MANAGED_BY
 from modeldeploy.resolver import ArtifactResolver
 from modeldeploy.settings import OperatorSettings
 
@@ -75,6 +77,26 @@ log = logging.getLogger("modeldeploy.operator")
 # -- start-up --------------------------------------------------------------------------
 
 
+class NoDiffBase(kopf.DiffBaseStorage):
+    """Kopf's diff base for an operator without change handlers: none is built or kept.
+
+    Only ``on.create``/``update``/``resume``/``delete``/``field`` handlers read the diff
+    base (what changed since the last handled version), and this operator has none (see
+    ``test_no_handler_needs_a_finalizer``). Kopf builds the base of every event it
+    receives before it asks whether a handler wants it, a deep copy of the whole object,
+    which was the largest part of handling a pod's or a Deployment's event.
+    """
+
+    def build(self, *, body: kopf.Body, extra_fields: Any = None) -> kopf.BodyEssence:
+        return kopf.BodyEssence()
+
+    def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
+        return None
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
+        return None
+
+
 @kopf.on.login()
 def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
     """In a pod, the service account; elsewhere, the kubeconfig."""
@@ -87,9 +109,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: An
     state: State = memo.state
     settings.persistence.finalizer = KOPF_FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=API_GROUP)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=API_GROUP, key="last-handled-configuration"
-    )
+    settings.persistence.diffbase_storage = NoDiffBase()
     settings.posting.enabled = False  # our own Events, for decisions and failures only
     settings.watching.server_timeout = 300
     # A failed list or watch is retried at most 5 s apart (health.py), for about a minute
@@ -155,16 +175,18 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
 
 
 # -- indexes ---------------------------------------------------------------------------
+# Coroutines, though they await nothing: Kopf runs a plain function in its thread pool,
+# one hand-over per watch event and index, and these are pure projections that need none.
 
 
 @kopf.index(*MD)
-def model_deployments(body: kopf.Body, namespace: str | None, name: str, **_: Any) -> Any:
+async def model_deployments(body: kopf.Body, namespace: str | None, name: str, **_: Any) -> Any:
     """Every ModelDeployment, by (namespace, name)."""
     return {(namespace, name): snapshot(body)}
 
 
 @kopf.index("nodes")
-def nodes(body: kopf.Body, **_: Any) -> dict[str, Any]:
+async def nodes(body: kopf.Body, **_: Any) -> dict[str, Any]:
     """The node pool as planning sees it."""
     return {ALL_NODES: node_facts(body)}
 
@@ -172,7 +194,9 @@ def nodes(body: kopf.Body, **_: Any) -> dict[str, Any]:
 @kopf.index("apps", "v1", "deployments", labels=CHILD_LABELS, id="child_deployments")
 @kopf.index("v1", "services", labels=CHILD_LABELS, id="child_services")
 @kopf.index("v1", "persistentvolumeclaims", labels=CHILD_LABELS, id="child_claims")
-def child_objects(body: kopf.Body, namespace: str | None, labels: kopf.Labels, **_: Any) -> Any:
+async def child_objects(
+    body: kopf.Body, namespace: str | None, labels: kopf.Labels, **_: Any
+) -> Any:
     """Deployments, Services and cache PVCs the operator manages, by owning ModelDeployment
     (one index per kind, named by the handler id)."""
     key = owner_key(namespace, labels)
@@ -180,7 +204,7 @@ def child_objects(body: kopf.Body, namespace: str | None, labels: kopf.Labels, *
 
 
 @kopf.index(*POLICIES)
-def model_policies(body: kopf.Body, name: str, **_: Any) -> Any:
+async def model_policies(body: kopf.Body, name: str, **_: Any) -> Any:
     """Every valid ModelPolicy, by name (an invalid one is logged and applies nothing)."""
     policy = policy_facts(body)
     if policy is None:
@@ -190,26 +214,48 @@ def model_policies(body: kopf.Body, name: str, **_: Any) -> Any:
 
 
 @kopf.index("v1", "namespaces")
-def namespace_labels(body: kopf.Body, name: str, **_: Any) -> Any:
+async def namespace_labels(body: kopf.Body, name: str, **_: Any) -> Any:
     """The labels of every namespace, by name (policies select namespaces by label)."""
     return {name: dict(body.get("metadata", {}).get("labels") or {})}
 
 
 @kopf.index("v1", "pods")
-def pod_usage(body: kopf.Body, **_: Any) -> Any:
+async def pod_usage(body: kopf.Body, **_: Any) -> Any:
     """Every bound, unfinished pod's node and requests (free capacity for placement)."""
     usage = bound_pod_usage(body)
     return {ALL_NODES: usage} if usage is not None else None
 
 
 @kopf.index("v1", "pods", labels=CHILD_LABELS)
-def child_pods(body: kopf.Body, namespace: str | None, labels: kopf.Labels, **_: Any) -> Any:
+async def child_pods(body: kopf.Body, namespace: str | None, labels: kopf.Labels, **_: Any) -> Any:
     """Pods of managed Deployments, by owning ModelDeployment (status facts only)."""
     key = owner_key(namespace, labels)
     return {key: pod_facts(body)} if key else None
 
 
 # -- triggers --------------------------------------------------------------------------
+
+
+@kopf.index("coordination.k8s.io", "v1", "leases", labels={DEMAND_LABEL: "true"})
+async def demand_leases(
+    body: kopf.Body, namespace: str | None, labels: kopf.Labels, **_: Any
+) -> Any:
+    """The gateway's demand Leases (demand.py), by the ModelDeployment they wake."""
+    name = labels.get(LABEL_MODEL_DEPLOYMENT)
+    if not name:
+        return None
+    annotations = dict(body.get("metadata", {}).get("annotations") or {})
+    return {(namespace, name): {"metadata": {"annotations": annotations}, "spec": dict(body.spec)}}
+
+
+@kopf.on.event("coordination.k8s.io", "v1", "leases", labels={DEMAND_LABEL: "true"})
+async def demand_signalled(
+    namespace: str | None, labels: kopf.Labels, memo: kopf.Memo, **kwargs: Any
+) -> None:
+    """The gateway holds requests for a model with no pod: decide its count at once."""
+    name = labels.get(LABEL_MODEL_DEPLOYMENT)
+    if namespace and name:
+        await wake((namespace, name), memo.state, indexes_of(kwargs))
 
 
 @kopf.on.event(*MD)
@@ -314,6 +360,7 @@ async def run_operator(settings: OperatorSettings) -> None:
     )
     monitor = KopfMonitor(health)
     logging.getLogger("kopf").addHandler(monitor)
+    _quiet_handler_runs()
     runner = None
     if settings.health_port:
         runner = await serve(health, settings.bind_address, settings.health_port)
@@ -349,6 +396,15 @@ async def run_operator(settings: OperatorSettings) -> None:
 
 
 RELEASE_GRACE_S = 10.0  # how long a stopping leader waits for passes before it releases
+
+
+def _quiet_handler_runs() -> None:
+    """Leave out Kopf's line per handler run ("Handler 'child_changed' succeeded.", at INFO:
+    one per watch event of every child, and the log's largest cost), unless debugging.
+    What a pass did is logged by the pass; Kopf's warnings and errors still show."""
+    objects = logging.getLogger("kopf.objects")
+    if objects.getEffectiveLevel() == logging.INFO:
+        objects.setLevel(logging.WARNING)
 
 
 def _leadership(settings: OperatorSettings, who: str, api: client.ApiClient) -> Leadership | None:

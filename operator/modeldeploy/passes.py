@@ -3,7 +3,8 @@ rounds that trigger them: the drift check and the native autoscaler.
 
 ``reconcile_key`` is what every trigger of ``handlers`` ends in: it releases finalizers an
 earlier operator left, builds the ``ClusterView`` from the Kopf indexes, runs the pure
-``reconcile`` in a thread with the one ``apply.Writer``, and classifies API errors. The
+``reconcile`` in a thread with the one ``apply.Writer``, and classifies API errors. At most
+``PASS_THREADS`` passes run at once, those for a spec not yet acted on first. The
 drift check and the autoscaler are each one task of the operator (not Kopf timers, which
 would put a finalizer on every object), paused while Kopf peering pauses this operator.
 With leader election (``election``) only the holder of the Lease runs passes and rounds; a
@@ -13,11 +14,14 @@ standby's triggers end at ``acting``, and taking the Lease starts a round.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
+import heapq
+import itertools
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,12 +30,14 @@ import kopf
 from kubernetes import client
 
 from modeldeploy.apply import Writer
-from modeldeploy.autoscaler import Autoscaler, target_of
+from modeldeploy.autoscaler import Autoscaler, Target, target_of
 from modeldeploy.capacity import ReservationBook
-from modeldeploy.clients import PeeringReader
+from modeldeploy.clients import PASS_THREADS, PeeringReader
 from modeldeploy.clock import utc_now
 from modeldeploy.compliance import source_allowed
+from modeldeploy.demand import held_requests
 from modeldeploy.election import Leadership
+from modeldeploy.fetch.sources.base import tls_context
 from modeldeploy.metrics import (
     LAST_ERROR,
     RECONCILE_SECONDS,
@@ -47,6 +53,49 @@ from modeldeploy.status import forbidden_status
 
 ALL_NODES = "all"
 log = logging.getLogger("modeldeploy.operator")
+
+FOLLOW_UP_DELAY_S = 0.5
+
+
+class PassSlots:
+    """How many passes run at once (one per pass thread), and which waiting one goes next:
+    a pass for a spec this process has not acted on yet (a create or an update, whose
+    children are what the user waits for) before those that follow up on the children's
+    changes (status), each kind in arrival order. In a burst of creates the follow-ups
+    wait, and each absorbs every trigger of its object meanwhile."""
+
+    def __init__(self, size: int) -> None:
+        self.free = size
+        self._waiting: list[tuple[bool, int, asyncio.Future[None]]] = []
+        self._arrivals = itertools.count()
+
+    @contextlib.asynccontextmanager
+    async def slot(self, *, first: bool) -> AsyncIterator[None]:
+        """Hold one slot for the block; ``first``: the pass acts on a new spec."""
+        if self.free > 0:
+            self.free -= 1
+        else:
+            turn = asyncio.get_running_loop().create_future()
+            heapq.heappush(self._waiting, (not first, next(self._arrivals), turn))
+            try:
+                await turn
+            except asyncio.CancelledError:
+                if turn.done() and not turn.cancelled():
+                    self._hand_on()  # the slot came as the wait was cancelled: pass it on
+                raise
+        try:
+            yield
+        finally:
+            self._hand_on()
+
+    def _hand_on(self) -> None:
+        """Give a freed slot to the next waiting pass (one cancelled meanwhile is skipped)."""
+        while self._waiting:
+            _, _, turn = heapq.heappop(self._waiting)
+            if not turn.done():
+                turn.set_result(None)
+                return
+        self.free += 1
 
 
 @dataclass
@@ -66,6 +115,7 @@ class State:
     reservations: ReservationBook = field(default_factory=ReservationBook)
     locks: dict[Key, asyncio.Lock] = field(default_factory=dict)
     pending: set[Key] = field(default_factory=set)
+    slots: PassSlots = field(default_factory=lambda: PassSlots(PASS_THREADS))
     phases: dict[Key, str] = field(default_factory=dict)
     node_facts: dict[str, Any] = field(default_factory=dict)
     seen: set[Key] = field(default_factory=set)
@@ -106,6 +156,7 @@ INDEXES = (
     "pod_usage",
     "model_policies",
     "namespace_labels",
+    "demand_leases",
 )
 
 
@@ -114,62 +165,99 @@ def indexes_of(kwargs: Mapping[str, Any]) -> dict[str, kopf.Index[Any, Any]]:
     return {name: kwargs[name] for name in INDEXES}
 
 
-async def reconcile_key(key: Key, state: State, kwargs: Mapping[str, Any]) -> None:
-    """Run one coalesced, serialised reconcile pass for one ModelDeployment."""
+async def reconcile_key(
+    key: Key, state: State, kwargs: Mapping[str, Any], *, at_once: bool = False
+) -> None:
+    """Run one coalesced, serialised reconcile pass for one ModelDeployment.
+
+    Triggers coalesce: while a pass of the object waits (``FOLLOW_UP_DELAY_S`` when its spec
+    was acted on already, for the one under way to end, or for a pass thread), later
+    triggers add nothing, since it reads the newest state once it starts; a trigger during
+    a pass under way makes one more pass after it. Passes for a spec this process has not
+    acted on go first and at once (``PassSlots``); ``at_once``: the autoscaler moved the
+    count (a model at zero is woken), which waits for no follow-up delay either.
+    """
     if key in state.pending:
-        return  # a queued pass will read the newest state
+        return  # a waiting pass will read the newest state
     state.pending.add(key)
-    lock = state.locks.setdefault(key, asyncio.Lock())
-    async with lock:
-        state.pending.discard(key)
-        if not acting(state):
-            return  # a standby: the holder of the Lease runs the passes
+    waiting = True
+    try:
         indexes = indexes_of(kwargs)
         found = list(indexes["model_deployments"].get(key, []))
-        if not found:
-            with state.reservations.planning() as book:
-                book.forget(key)
-            return
-        md = found[0]
-        uid, version = md["metadata"].get("uid", ""), md["metadata"].get("resourceVersion")
-        keep = finalizers_to_keep(md)
-        # Checked and claimed before any await: the watch may deliver the object's
-        # deletion (which forgets the claim) while the write is under way.
-        if keep is not None and (uid not in state.released or state.released[uid] != version):
-            state.released[uid] = version
-            try:
-                await asyncio.to_thread(_release_finalizers, md, keep, state)
-            except client.ApiException as error:
-                state.released.pop(uid, None)
-                await _api_error(error, md, state)
-        if md["metadata"].get("deletionTimestamp"):
-            return
-        view = _view(key, indexes)
-        if uid in state.statuses:
-            md = {**md, "status": state.statuses[uid]}
-        started = time.monotonic()
+        if not at_once and not (found and _unobserved(found[0], state)):
+            # A follow-up waits a moment first: a child's changes come in runs (a pod is
+            # created, bound, started and Ready within a second), and one pass reads them all.
+            await asyncio.sleep(FOLLOW_UP_DELAY_S)
+        async with state.locks.setdefault(key, asyncio.Lock()):
+            if not acting(state):
+                return  # a standby: the holder of the Lease runs the passes
+            found = list(indexes["model_deployments"].get(key, []))
+            first = bool(found) and _unobserved(found[0], state)
+            async with state.slots.slot(first=first):
+                state.pending.discard(key)
+                waiting = False
+                await _run_pass(key, state, indexes)
+    finally:
+        if waiting:
+            state.pending.discard(key)
+
+
+def _unobserved(md: Mapping[str, Any], state: State) -> bool:
+    """Whether no pass of this process has acted on the object's spec yet (a create, an
+    update, or the first sight after start-up of one no operator has acted on)."""
+    status = state.statuses.get(str(md["metadata"].get("uid", ""))) or md.get("status") or {}
+    return bool(status.get("observedGeneration") != md["metadata"].get("generation"))
+
+
+async def _run_pass(key: Key, state: State, indexes: Mapping[str, kopf.Index[Any, Any]]) -> None:
+    """One pass on the newest state of the indexes (its slot taken)."""
+    if not acting(state):
+        return  # the Lease was lost while the pass waited
+    found = list(indexes["model_deployments"].get(key, []))
+    if not found:
+        with state.reservations.planning() as book:
+            book.forget(key)
+        return
+    md = found[0]
+    uid, version = md["metadata"].get("uid", ""), md["metadata"].get("resourceVersion")
+    keep = finalizers_to_keep(md)
+    # Checked and claimed before any await: the watch may deliver the object's
+    # deletion (which forgets the claim) while the write is under way.
+    if keep is not None and (uid not in state.released or state.released[uid] != version):
+        state.released[uid] = version
         try:
-            result = await asyncio.to_thread(_pass, md, view, state)
+            await asyncio.to_thread(_release_finalizers, md, keep, state)
         except client.ApiException as error:
-            RECONCILES.labels(result="error").inc()
-            LAST_ERROR.set_to_current_time()
+            state.released.pop(uid, None)
             await _api_error(error, md, state)
-        except Exception:
-            RECONCILES.labels(result="error").inc()
-            LAST_ERROR.set_to_current_time()
-            raise
-        else:
-            RECONCILES.labels(result=result.result).inc()
-            state.statuses[uid] = result.status
-            state.phases[key] = result.phase
-            set_phase_counts(state.phases.values())
-            if result.writes:
-                log.info(
-                    "reconciled %s/%s: phase=%s applied=%s pruned=%s writes=%d",
-                    *key, result.phase, result.applied, result.pruned, result.writes,
-                )  # fmt: skip
-        finally:
-            RECONCILE_SECONDS.observe(time.monotonic() - started)
+    if md["metadata"].get("deletionTimestamp"):
+        return
+    view = _view(key, indexes)
+    if uid in state.statuses:
+        md = {**md, "status": state.statuses[uid]}
+    started = time.monotonic()
+    try:
+        result = await asyncio.to_thread(_pass, md, view, state)
+    except client.ApiException as error:
+        RECONCILES.labels(result="error").inc()
+        LAST_ERROR.set_to_current_time()
+        await _api_error(error, md, state)
+    except Exception:
+        RECONCILES.labels(result="error").inc()
+        LAST_ERROR.set_to_current_time()
+        raise
+    else:
+        RECONCILES.labels(result=result.result).inc()
+        state.statuses[uid] = result.status
+        state.phases[key] = result.phase
+        set_phase_counts(state.phases.values())
+        if result.writes:
+            log.info(
+                "reconciled %s/%s: phase=%s applied=%s pruned=%s writes=%d",
+                *key, result.phase, result.applied, result.pruned, result.writes,
+            )  # fmt: skip
+    finally:
+        RECONCILE_SECONDS.observe(time.monotonic() - started)
 
 
 def acting(state: State) -> bool:
@@ -180,10 +268,17 @@ def acting(state: State) -> bool:
 def _pass(md: Mapping[str, Any], view: ClusterView, state: State) -> Any:
     """Resolve the artifact (cached per spec.model), then reconcile. Runs in a thread."""
     assert state.writer is not None and state.resolver is not None
-    source = str(((md.get("spec") or {}).get("model") or {}).get("source", ""))
-    refused = source_allowed(view.policies, view.namespace_labels, source)
-    # A source no policy allows is never contacted (the operator must not be a probe of
-    # internal addresses): no resolution; the pass judges and blocks the object.
+    spec = md.get("spec") or {}
+    adapters = [a for a in spec.get("adapters") or [] if isinstance(a, Mapping)]
+    sources = [str((spec.get("model") or {}).get("source", ""))]
+    sources += [str(adapter.get("source", "")) for adapter in adapters]
+    refused = next(
+        (v for s in sources if (v := source_allowed(view.policies, view.namespace_labels, s))),
+        None,
+    )
+    # A source no policy allows (the model's or an adapter's) is never contacted (the
+    # operator must not be a probe of internal addresses): no resolution; the pass judges
+    # and blocks the object.
     artifact = None if refused is not None else state.resolver.state_for(md)
     uid = str(md["metadata"].get("uid", ""))
     scaling = state.autoscaler.record_for(uid) if state.autoscaler is not None else None
@@ -266,28 +361,48 @@ async def autoscale_forever(state: State, indexes: Mapping[str, kopf.Index[Any, 
 
     Its own task, so a slow pod never delays a reconcile pass; paused with the drift check.
     """
-    async with httpx.AsyncClient(trust_env=False) as http:
+    async with httpx.AsyncClient(trust_env=False, verify=tls_context()) as http:
         while True:
             await asyncio.sleep(state.settings.autoscale_interval_seconds)
             try:
                 if state.autoscaler is None or await _paused(state):
                     continue
-                targets = []
-                for key, found in list(indexes["model_deployments"].items()):
-                    body = next(iter(found), None)
-                    if body is None:
-                        continue
-                    uid = str(body["metadata"].get("uid", ""))
-                    if uid in state.statuses:
-                        body = {**body, "status": state.statuses[uid]}
-                    view = _view(key, indexes)
-                    target = target_of(key, body, view.pods, view.children)
-                    if target is not None:
-                        targets.append(target)
+                keys = list(indexes["model_deployments"].keys())
+                targets = [t for key in keys if (t := _target(key, state, indexes)) is not None]
                 for key in await state.autoscaler.round(http, targets):
-                    await reconcile_key(key, state, indexes)
+                    await reconcile_key(key, state, indexes, at_once=True)
             except Exception:  # the task must outlive any one round
                 log.exception("an autoscaling round failed")
+
+
+def _target(key: Key, state: State, indexes: Mapping[str, kopf.Index[Any, Any]]) -> Target | None:
+    """The autoscaling target of one ModelDeployment (None: not native), with the requests
+    the gateway holds for it (its demand Lease, ``demand.py``)."""
+    body = next(iter(indexes["model_deployments"].get(key, [])), None)
+    if body is None:
+        return None
+    uid = str(body["metadata"].get("uid", ""))
+    if uid in state.statuses:
+        body = {**body, "status": state.statuses[uid]}
+    view = _view(key, indexes)
+    now = datetime.datetime.now(datetime.UTC)
+    leases = indexes["demand_leases"].get(key, [])
+    held = max((held_requests(lease, now) for lease in leases), default=0.0)
+    return target_of(key, body, view.pods, view.children, held)
+
+
+async def wake(key: Key, state: State, indexes: Mapping[str, kopf.Index[Any, Any]]) -> None:
+    """A demand Lease changed: an autoscaler round for that ModelDeployment now, not at the
+    next interval, and a pass if its count moved (a model at zero scales to one)."""
+    if state.autoscaler is None or await _paused(state):
+        return
+    target = _target(key, state, indexes)
+    if target is None or target.held <= 0:
+        return
+    async with httpx.AsyncClient(trust_env=False, verify=tls_context()) as http:
+        changed = await state.autoscaler.round(http, [target])
+    for moved in changed:
+        await reconcile_key(moved, state, indexes, at_once=True)
 
 
 async def _paused(state: State) -> bool:

@@ -116,9 +116,15 @@ def plan_placement(
     config: OperatorConfig,
     artifact: ModelArchitecture | None = None,
     load: ClusterLoad | None = None,
+    *,
+    adapter_bytes: int = 0,
 ) -> Placement:
-    """Choose engine, hardware class, GPUs and engine settings, or raise PlacementRefusal."""
-    return Planner(spec, [parse_node(n) for n in nodes], config, artifact, load).plan()
+    """Choose engine, hardware class, GPUs and engine settings, or raise PlacementRefusal.
+
+    ``adapter_bytes`` is what the LoRA adapters add to each replica's memory.
+    """
+    nodes_info = [parse_node(n) for n in nodes]
+    return Planner(spec, nodes_info, config, artifact, load, adapter_bytes=adapter_bytes).plan()
 
 
 class Planner:
@@ -131,8 +137,11 @@ class Planner:
         config: OperatorConfig,
         artifact: ModelArchitecture | None,
         load: ClusterLoad | None = None,
+        *,
+        adapter_bytes: int = 0,
     ) -> None:
         self.spec = spec
+        self.adapter_bytes = adapter_bytes
         self.nodes = nodes
         self.config = config
         self.artifact = artifact
@@ -397,6 +406,7 @@ class Planner:
             architecture=self.artifact,
             devices=devices,
             tensor_parallel_size=tp,
+            adapter_bytes=self.adapter_bytes,
         )
 
     def fit(self, cls: HardwareClass) -> Candidate | None:

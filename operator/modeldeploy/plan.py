@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from modeldeploy.adapters import ResolvedAdapter, adapter_bytes
 from modeldeploy.api import ModelDeployment, SpecError, parse_model_deployment
 from modeldeploy.config import OperatorConfig
 from modeldeploy.decision import Placement, PlacementRefusal
@@ -47,6 +48,7 @@ def plan(
     replicas: int | None = None,
     policy: PolicyRef | None = None,
     load: ClusterLoad | None = None,
+    adapters: Sequence[ResolvedAdapter] = (),
 ) -> Plan:
     """Place a validated ModelDeployment on the nodes and render its children.
 
@@ -55,16 +57,18 @@ def plan(
     ``replicas`` is the operator-native autoscaler's count (``render.RenderInputs``);
     ``policy`` the ModelPolicy that admitted it, for the provenance annotations; ``load``
     what the cluster has free and where the object runs (``placement.ClusterLoad``; None:
-    every node idle).
+    every node idle); ``adapters`` the resolved ``spec.adapters`` (their bytes size each
+    replica; the init container fetches their revisions).
     """
     config = config or OperatorConfig()
     if not md.name:
         raise SpecError("metadata.name", "required field is missing")
     if artifact is None and resolution is not None:
         artifact = resolution.architecture
-    placement = plan_placement(md.spec, nodes, config, artifact, load)
+    extra = adapter_bytes(adapters)
+    placement = plan_placement(md.spec, nodes, config, artifact, load, adapter_bytes=extra)
     provenance = provenance_from(md, resolution, policy=policy)
-    inputs = RenderInputs(md, placement, config, resolution, replicas, provenance)
+    inputs = RenderInputs(md, placement, config, resolution, replicas, provenance, tuple(adapters))
     return Plan(md, placement, render_objects(inputs))
 
 

@@ -38,7 +38,7 @@ from modeldeploy.provenance import PolicyRef, provenance_from
 from modeldeploy.provenance import as_status as provenance_status
 from modeldeploy.quantity import quantity_bytes
 from modeldeploy.render import ANNOTATION_HARDWARE_CLASS, LABEL_MODEL_DEPLOYMENT, spec_hash
-from modeldeploy.render.bom import bom_config_map_name
+from modeldeploy.render.bom import bom_config_map_name, bom_hash
 from modeldeploy.scaling import (
     DELEGATED_KINDS,
     ScalingRecord,
@@ -51,6 +51,9 @@ from modeldeploy.scaling import (
 from modeldeploy.status import Observed, Refusal, ScalingView, compute_status, transitions
 
 log = logging.getLogger(__name__)
+# status field: the hash of the NetworkPolicy last applied (it is not watched, so it is
+# applied when this changes and deleted when it is no longer rendered).
+NETWORK_POLICY_HASH = "networkPolicyHash"
 SIZE_HINT = "spec.model.parameters"  # the field a refusal names when only the artifact can size
 
 
@@ -173,7 +176,7 @@ def reconcile(
     else:
         try:
             parsed = parse_model_deployment(md)
-            record = _native_record(parsed, scaling, previous, view.children)
+            record = _native_record(parsed, scaling, previous, view.children, config.scale_to_zero)
             replicas = record.desired if record is not None else None
             policy = _policy_ref(view)
             with _planning(reservations) as book:
@@ -186,6 +189,7 @@ def reconcile(
                     replicas=replicas,
                     policy=policy,
                     load=load,
+                    adapters=artifact.adapters if artifact is not None else (),
                 )
                 if book is not None:
                     count = replicas if replicas is not None else parsed.spec.replicas
@@ -225,6 +229,8 @@ def reconcile(
             continue  # not watched: applied when it changes (docs/autoscaling.md)
         if key[0] == "ConfigMap" and not _bom_changed(obj, previous):
             continue  # the ML-BOM: the operator does not read ConfigMaps (docs/provenance.md)
+        if key[0] == "NetworkPolicy" and previous.get(NETWORK_POLICY_HASH) == spec_hash(obj):
+            continue  # not watched: applied when it changes (render/network_policy.py)
         if needs_apply(obj, live.get(key)):
             try:
                 stored[key] = writer.apply(obj)
@@ -241,8 +247,12 @@ def reconcile(
             result.pruned.append("/".join(key))
             stored.pop(key, None)
 
+    network_policy = next((o for o in desired if o["kind"] == "NetworkPolicy"), None)
     if not isinstance(outcome, Refusal):
         result.pruned += _prune_delegated(previous, desired, writer, namespace, name)
+        if network_policy is None and previous.get(NETWORK_POLICY_HASH):
+            writer.delete("NetworkPolicy", namespace, name)
+            result.pruned.append(f"NetworkPolicy/{name}")
     deployment = next((o for k, o in stored.items() if k[0] == "Deployment"), None)
     service = next((o for k, o in stored.items() if k[0] == "Service"), None)
     endpoint = None
@@ -251,7 +261,9 @@ def reconcile(
         endpoint = f"http://{service['metadata']['name']}.{namespace}.svc:{port}/v1"
     scaling_view = None
     if parsed is not None and parsed.spec.autoscaling.enabled and not isinstance(outcome, Refusal):
-        scaling_view = _scaling_view(parsed, record, deployment, desired, not_served)
+        scaling_view = _scaling_view(
+            parsed, record, deployment, desired, not_served, zero=config.scale_to_zero
+        )
     status = compute_status(
         generation=generation,
         outcome=outcome,
@@ -280,8 +292,12 @@ def reconcile(
         status["provenance"] = provenance_status(
             provenance,
             bom_config_map=bom_config_map_name(name),
-            bom_hash=spec_hash(dict(bom)) if bom is not None else None,
+            bom_hash=bom_hash(bom) if bom is not None else None,
         )
+    if network_policy is not None:
+        status[NETWORK_POLICY_HASH] = spec_hash(dict(network_policy))
+    elif isinstance(outcome, Refusal) and previous.get(NETWORK_POLICY_HASH):
+        status[NETWORK_POLICY_HASH] = previous[NETWORK_POLICY_HASH]  # a refusal prunes nothing
     result.phase = status["phase"]
     result.status = status
     if result.result == "progressing":
@@ -444,15 +460,21 @@ def _native_record(
     scaling: ScalingRecord | None,
     previous: Mapping[str, Any],
     children: Sequence[Mapping[str, Any]],
+    zero: bool = False,
 ) -> ScalingRecord | None:
-    """The native autoscaler's record for this pass, or None (autoscaling off, or not native)."""
+    """The native autoscaler's record for this pass, or None (autoscaling off, or not native);
+    ``zero``: minReplicas 0 may mean zero (``OperatorConfig.scale_to_zero``)."""
     autoscaling = md.spec.autoscaling
     if not autoscaling.enabled or autoscaling.mode != "native":
         return None
     if scaling is not None:
         return scaling
     return initial_record(
-        autoscaling, md.spec.replicas, previous.get("autoscaling"), deployment_replicas(children)
+        autoscaling,
+        md.spec.replicas,
+        previous.get("autoscaling"),
+        deployment_replicas(children),
+        zero,
     )
 
 
@@ -470,7 +492,7 @@ def _desired_replicas(
 
 def _bom_changed(obj: Mapping[str, Any], previous: Mapping[str, Any]) -> bool:
     """Whether the rendered ML-BOM ConfigMap differs from the one last applied."""
-    return (previous.get("provenance") or {}).get("bomHash") != spec_hash(dict(obj))
+    return (previous.get("provenance") or {}).get("bomHash") != bom_hash(dict(obj))
 
 
 def _autoscaler_changed(obj: Mapping[str, Any], previous: Mapping[str, Any]) -> bool:
@@ -484,12 +506,14 @@ def _scaling_view(
     deployment: Mapping[str, Any] | None,
     desired: Sequence[Mapping[str, Any]],
     not_served: KindNotServed | None,
+    *,
+    zero: bool = False,
 ) -> ScalingView:
     """``status.autoscaling`` and the ``Autoscaling`` condition of this pass."""
     autoscaling = md.spec.autoscaling
     current = int(((deployment or {}).get("spec") or {}).get("replicas") or 0)
     status = autoscaling_status(autoscaling, record, current)
-    message = condition_message(autoscaling, md.spec.replicas, record)
+    message = condition_message(autoscaling, md.spec.replicas, record, zero)
     if record is not None:
         return ScalingView(status, (True, "Native", message))
     kind = DELEGATED_KINDS[autoscaling.mode]

@@ -48,6 +48,23 @@ class Listing:
 
 
 @dataclass(frozen=True)
+class AdapterFacts:
+    """What a LoRA adapter's own metadata says, read before download (untrusted, bounded).
+
+    ``format`` is ``gguf`` (a llama.cpp LoRA GGUF) or ``peft`` (``adapter_config.json`` with
+    ``adapter_model.safetensors``); ``kind`` is what the file says it is (GGUF
+    ``general.type``/``adapter.type``, PEFT ``peft_type``), so a model passed as an adapter
+    is caught; ``architecture`` is GGUF ``general.architecture`` or the PEFT base class.
+    """
+
+    format: str
+    kind: str | None = None
+    architecture: str | None = None
+    rank: int | None = None
+    alpha: float | None = None
+
+
+@dataclass(frozen=True)
 class Resolution:
     """A source resolved to one immutable revision and the exact files to serve."""
 
@@ -59,6 +76,7 @@ class Resolution:
     license: str | None = None
     available_quantizations: tuple[str, ...] = ()
     architecture: ModelArchitecture | None = field(default=None, compare=False)
+    adapter: AdapterFacts | None = field(default=None, compare=False)
 
     @property
     def total_bytes(self) -> int:

@@ -7,7 +7,8 @@ the record's ``desired`` replicas through the operator's own server-side apply, 
 ``ModelDeployment.spec`` is never written (Argo CD sees no drift). Before the autoscaler
 has decided (a new object, a restarted operator), the count is the one recorded in
 ``status.autoscaling``, else the running Deployment's, else ``spec.replicas`` — each
-clamped to [max(1, minReplicas), maxReplicas].
+clamped to [max(1, minReplicas), maxReplicas] (to [minReplicas, maxReplicas] with the
+gateway's scale to zero, ``OperatorConfig.scale_to_zero``).
 
 While autoscaling is enabled, ``spec.replicas`` (and so ``kubectl scale mdep``) is not
 used; the condition says so when it is set to another value, instead of ignoring it
@@ -39,14 +40,16 @@ class ScalingRecord:
     recent: tuple[Mapping[str, Any], ...] = field(default_factory=tuple)
 
 
-def effective_bounds(autoscaling: Autoscaling) -> tuple[int, int]:
-    """[max(1, minReplicas), maxReplicas]: scale to zero waits for a gateway."""
-    return max(1, autoscaling.min_replicas), autoscaling.max_replicas
+def effective_bounds(autoscaling: Autoscaling, zero: bool = False) -> tuple[int, int]:
+    """[max(1, minReplicas), maxReplicas]; with ``zero`` (a gateway wakes models at zero)
+    [minReplicas, maxReplicas]."""
+    low = autoscaling.min_replicas if zero else max(1, autoscaling.min_replicas)
+    return low, autoscaling.max_replicas
 
 
-def clamp(replicas: int, autoscaling: Autoscaling) -> int:
+def clamp(replicas: int, autoscaling: Autoscaling, zero: bool = False) -> int:
     """``replicas`` within the effective bounds."""
-    low, high = effective_bounds(autoscaling)
+    low, high = effective_bounds(autoscaling, zero)
     return max(low, min(high, replicas))
 
 
@@ -55,6 +58,7 @@ def initial_record(
     spec_replicas: int,
     previous: Mapping[str, Any] | None,
     deployment_replicas: int | None,
+    zero: bool = False,
 ) -> ScalingRecord:
     """The record before the autoscaler's first decision: the recorded count, else the
     Deployment's, else ``spec.replicas``, clamped to the bounds."""
@@ -65,7 +69,7 @@ def initial_record(
         start, where = deployment_replicas, "the Deployment's count"
     else:
         start, where = spec_replicas, "spec.replicas"
-    desired = clamp(start, autoscaling)
+    desired = clamp(start, autoscaling, zero)
     kept = previous or {}
     return ScalingRecord(
         desired=desired,
@@ -116,15 +120,15 @@ def autoscaling_status(
 
 
 def condition_message(
-    autoscaling: Autoscaling, spec_replicas: int, record: ScalingRecord | None
+    autoscaling: Autoscaling, spec_replicas: int, record: ScalingRecord | None, zero: bool = False
 ) -> str:
     """The ``Autoscaling`` condition's message: who scales, and what is not used."""
-    low, high = effective_bounds(autoscaling)
+    low, high = effective_bounds(autoscaling, zero)
     if record is not None:
         parts = [f"{record.desired} replicas: {record.reason}"]
     else:
         parts = [f"replicas are left to the {DELEGATED_KINDS[autoscaling.mode]}"]
-    if autoscaling.min_replicas == 0:
+    if autoscaling.min_replicas == 0 and not zero:
         parts.append("minReplicas 0 acts as 1 until a gateway can hold requests at zero")
     if record is not None and spec_replicas != record.desired:
         parts.append(

@@ -145,11 +145,12 @@ class MemoryEstimate:
     devices: int
     weights_source: str  # "file" or "parameters"
     kv_source: str  # "architecture" or "fallback"
+    adapter_bytes: int = 0  # LoRA adapters, all resident (adapters.adapter_bytes)
 
     @property
     def total_bytes(self) -> int:
-        """Weights plus KV cache plus overhead."""
-        return self.weights_bytes + self.kv_cache_bytes + self.overhead_bytes
+        """Weights plus adapters plus KV cache plus overhead."""
+        return self.weights_bytes + self.adapter_bytes + self.kv_cache_bytes + self.overhead_bytes
 
     def as_dict(self) -> dict[str, Any]:
         """The breakdown as camelCase JSON, for status and the CLI."""
@@ -169,7 +170,7 @@ class MemoryEstimate:
             "devices": self.devices,
             "weightsSource": self.weights_source,
             "kvSource": self.kv_source,
-        }
+        } | ({"adapterBytes": self.adapter_bytes} if self.adapter_bytes else {})
 
 
 def parameters_from_name(text: str) -> int | None:
@@ -240,8 +241,13 @@ def estimate_memory(
     architecture: ModelArchitecture | None = None,
     devices: int = 1,
     tensor_parallel_size: int = 1,
+    adapter_bytes: int = 0,
 ) -> MemoryEstimate:
-    """Estimate one replica's memory; ``devices`` is GPUs spanned (1 for a CPU)."""
+    """Estimate one replica's memory; ``devices`` is GPUs spanned (1 for a CPU).
+
+    LoRA adapters (``adapter_bytes``) are counted in full: llama.cpp loads each one, and
+    vLLM's ``--max-loras`` slots hold every adapter at once at up to ``--max-lora-rank``.
+    """
     arch = architecture or ModelArchitecture()
     params = arch.parameters or parameters
     if params is None or params <= 0:
@@ -276,6 +282,7 @@ def estimate_memory(
         devices=max(1, devices),
         weights_source=weights_source,
         kv_source=kv_source,
+        adapter_bytes=adapter_bytes,
     )
 
 

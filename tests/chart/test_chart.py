@@ -33,6 +33,7 @@ from pydantic.alias_generators import to_camel
 
 from modeldeploy.config import OperatorConfig
 from modeldeploy.fetch.envvars import SETTINGS_VARS
+from modeldeploy.gateway.metrics import GatewayMetrics
 from modeldeploy.metrics import (
     API_WRITES,
     AUTOSCALE_CHANGES,
@@ -160,6 +161,10 @@ def test_the_schemas_catch_a_wrong_field() -> None:
         ({"admission": {"timeoutSeconds": 31}}, "timeoutSeconds"),
         ({"admission": {"certManager": {"issuerRef": {"kind": "Issuer"}}}}, "issuerRef"),
         ({"admission": {"namespaceSelector": {"matchNames": ["a"]}}}, "matchNames"),
+        ({"gateway": {"maxHeld": 0}}, "maxHeld"),
+        ({"gateway": {"holdSeconds": 0}}, "holdSeconds"),
+        ({"gateway": {"service": {"type": "Ingress"}}}, "type"),
+        ({"gateway": {"enabled": True}, "watchNamespaces": ["a", "b"]}, "one namespace"),
     ],
 )
 def test_values_schema_refuses_bad_values(values: dict[str, Any], complaint: str) -> None:
@@ -260,7 +265,7 @@ def test_settings_configmap_is_accepted_by_the_operator(name: str) -> None:
     election = settings.leader_election
     assert election.enabled == values.get("leaderElection", {}).get("enabled", True)
     assert (election.lease_name, election.namespace) == ("modeldeploy", "modeldeploy-system")
-    deployment = only(objects, "Deployment")
+    deployment = only(objects, "Deployment", "modeldeploy")
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert (settings.metrics_port, settings.health_port) == (ports["metrics"], ports["health"])
@@ -417,8 +422,14 @@ def test_rbac_grants_no_wildcards_secrets_or_escalation() -> None:
                 assert "*" not in (group, resource, verb), (name, obj["kind"])
                 # ConfigMaps: the ML-BOM is written, never read (no get, list or watch).
                 assert resource != "configmaps" or verb in ("create", "patch"), (name, verb)
-                # Secrets only by name (spec.model.credentialsSecret): never list or watch.
-                assert resource != "secrets" or verb == "get", (name, verb)
+                # Secrets only by name (spec.model.credentialsSecret): never list or watch,
+                # but for the gateway's API keys in the release namespace.
+                keys = obj["kind"] == "Role" and obj["metadata"] == {
+                    "name": "modeldeploy-gateway-keys", "namespace": "modeldeploy-system",
+                    "labels": obj["metadata"]["labels"],
+                }  # fmt: skip
+                allowed = ("list", "watch") if keys else ("get",)
+                assert resource != "secrets" or verb in allowed, (name, obj["kind"], verb)
                 assert verb not in ("escalate", "bind", "impersonate", "deletecollection")
                 assert not (verb == "get" and resource.startswith("pods/")), resource
 
@@ -489,8 +500,10 @@ def test_leader_election_may_get_create_and_update_its_lease_only_in_its_namespa
     assert binding["subjects"] == [
         {"kind": "ServiceAccount", "name": "modeldeploy", "namespace": "modeldeploy-system"}
     ]
-    # Nothing about leases in the ClusterRole: never cluster-wide.
-    assert not [p for p in rule_set(only(objects, "ClusterRole")["rules"]) if p[1] == "leases"]
+    # No write of leases in the ClusterRole, never cluster-wide: only the read of the
+    # gateway's demand Leases (docs/gateway.md).
+    cluster = {p for p in rule_set(only(objects, "ClusterRole")["rules"]) if p[1] == "leases"}
+    assert cluster == {("coordination.k8s.io", "leases", verb, ()) for verb in ("list", "watch")}
     named = render({"leaderElection": {"leaseName": "ops-lease"}})
     assert settings_of(named).leader_election.lease_name == "ops-lease"
     assert ("coordination.k8s.io", "leases", "update", ("ops-lease",)) in rule_set(
@@ -513,7 +526,9 @@ def webhook_of(objects: list[dict[str, Any]]) -> dict[str, Any]:
 
 def operator_container(objects: list[dict[str, Any]]) -> dict[str, Any]:
     """The operator's container."""
-    (container,) = only(objects, "Deployment")["spec"]["template"]["spec"]["containers"]
+    (container,) = only(objects, "Deployment", "modeldeploy")["spec"]["template"]["spec"][
+        "containers"
+    ]
     return dict(container)
 
 
@@ -696,6 +711,18 @@ OPERATOR_METRICS = {
     )
     for suffix in suffixes
 }
+# What the gateway exports (operator/modeldeploy/gateway/metrics.py): read from its registry,
+# plus the labelled series, which exist once a request has been seen.
+GATEWAY_METRICS = {
+    sample.name
+    for family in GatewayMetrics(lambda: {"ns/pod": 0}).registry.collect()
+    for sample in family.samples
+} | {
+    "modeldeploy_gateway_requests_total", "modeldeploy_gateway_upstream_errors_total",
+    "modeldeploy_gateway_time_to_first_byte_seconds_bucket",
+    "modeldeploy_gateway_hold_seconds_bucket", "modeldeploy_gateway_wake_seconds_bucket",
+    "modeldeploy_gateway_held_requests",
+}  # fmt: skip
 # What llama-server (tools/server/server-task.cpp of the vendored llama.cpp) and vLLM
 # (vllm/v1/metrics/loggers.py) export.
 RUNTIME_METRICS = {
@@ -722,7 +749,8 @@ def test_dashboard_queries_use_only_metrics_that_exist() -> None:
     for expr in [*exprs, *variables]:
         assert expr.count("(") == expr.count(")") and expr.count("{") == expr.count("}"), expr
         names |= set(re.findall(r"\b((?:modeldeploy_|llamacpp:|vllm:)[a-z0-9_:]+)", expr))
-    assert names <= OPERATOR_METRICS | RUNTIME_METRICS, names - OPERATOR_METRICS - RUNTIME_METRICS
+    known = OPERATOR_METRICS | RUNTIME_METRICS | GATEWAY_METRICS
+    assert names <= known, names - known
     # Every operator metric is on the dashboard, and both engines are.
     assert {n.rsplit("_", 1)[0] if n.endswith(("_bucket", "_total")) else n for n in names} >= {
         "modeldeploy_reconcile", "modeldeploy_reconcile_duration_seconds",
@@ -733,6 +761,13 @@ def test_dashboard_queries_use_only_metrics_that_exist() -> None:
     }  # fmt: skip
     assert any(n.startswith("llamacpp:") for n in names)
     assert any(n.startswith("vllm:") for n in names)
+    # Every gateway metric too.
+    assert {n for n in names if n.startswith("modeldeploy_gateway_")} >= {
+        "modeldeploy_gateway_requests_total", "modeldeploy_gateway_upstream_errors_total",
+        "modeldeploy_gateway_time_to_first_byte_seconds_bucket",
+        "modeldeploy_gateway_held_requests", "modeldeploy_gateway_hold_seconds_bucket",
+        "modeldeploy_gateway_wake_seconds_bucket", "modeldeploy_gateway_inflight_requests",
+    }  # fmt: skip
     ids = [p["id"] for p in dashboard["panels"]]
     assert len(ids) == len(set(ids))
 
@@ -745,3 +780,181 @@ def test_dashboard_configmap_for_the_grafana_sidecar() -> None:
         EXAMPLE_DASHBOARD.read_text()
     )
     assert not [o for o in render() if o["metadata"]["name"] == "modeldeploy-dashboard"]
+
+
+# -- gateway ---------------------------------------------------------------------------
+
+GATEWAY = {"gateway": {"enabled": True}}
+
+
+def gateway_objects(objects: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """(kind, name) of the gateway's objects."""
+    return sorted(
+        (o["kind"], o["metadata"]["name"])
+        for o in objects
+        if o["metadata"].get("labels", {}).get("app.kubernetes.io/component") == "gateway"
+    )
+
+
+def test_gateway_is_off_by_default_and_scale_to_zero_comes_with_it() -> None:
+    objects = render()
+    assert gateway_objects(objects) == []
+    assert settings_of(objects).planning.scale_to_zero is False
+    on = render(GATEWAY)
+    assert settings_of(on).planning.scale_to_zero is True
+    # The operator rolls when the gateway changes its settings.
+    annotation = "checksum/config"
+    assert (
+        only(on, "Deployment", "modeldeploy")["spec"]["template"]["metadata"]["annotations"]
+        != only(objects, "Deployment")["spec"]["template"]["metadata"]["annotations"]
+    ), annotation
+    assert gateway_objects(on) == [
+        ("ClusterRole", "modeldeploy-gateway"),
+        ("ClusterRoleBinding", "modeldeploy-gateway"),
+        ("Deployment", "modeldeploy-gateway"),
+        ("NetworkPolicy", "modeldeploy-gateway"),
+        ("PodDisruptionBudget", "modeldeploy-gateway"),
+        ("Role", "modeldeploy-gateway-keys"),
+        ("RoleBinding", "modeldeploy-gateway-keys"),
+        ("Service", "modeldeploy-gateway"),
+        ("ServiceAccount", "modeldeploy-gateway"),
+    ]
+
+
+def test_gateway_runs_the_operator_image_with_its_flags_probes_and_identity() -> None:
+    values = {"gateway": {
+        "enabled": True, "requireApiKeys": True, "holdSeconds": 30, "maxHeld": 8,
+        "port": 9000, "podAnnotations": {"a.io/b": "c"},
+    }}  # fmt: skip
+    objects = render(values)
+    deployment = only(objects, "Deployment", "modeldeploy-gateway")
+    assert deployment["spec"]["replicas"] == 2
+    pod = deployment["spec"]["template"]
+    assert pod["metadata"]["annotations"]["a.io/b"] == "c"
+    spec = pod["spec"]
+    assert spec["serviceAccountName"] == "modeldeploy-gateway"
+    (container,) = spec["containers"]
+    assert container["image"] == operator_container(objects)["image"]
+    assert container["command"] + container["args"] == [
+        "modeldeploy", "gateway", "--port", "9000", "--keys-namespace", "modeldeploy-system",
+        "--hold-seconds", "30", "--max-held", "8", "--require-api-keys",
+    ]  # fmt: skip
+    assert container["ports"] == [{"name": "http", "containerPort": 9000, "protocol": "TCP"}]
+    assert {probe: container[probe]["httpGet"] for probe in PROBES} == {
+        probe: {"path": "/healthz", "port": "http"} for probe in PROBES
+    }
+    env = {e["name"]: e.get("valueFrom", {}).get("fieldRef", {}) for e in container["env"]}
+    assert env["POD_NAME"] == {"fieldPath": "metadata.name"}
+    # Restricted: non-root, seccomp RuntimeDefault, read-only root, no capabilities.
+    assert spec["securityContext"]["runAsNonRoot"] is True
+    assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    sc = container["securityContext"]
+    assert sc["allowPrivilegeEscalation"] is False and sc["readOnlyRootFilesystem"] is True
+    assert sc["runAsNonRoot"] is True and sc["capabilities"] == {"drop": ["ALL"]}
+    assert container["resources"]["limits"]["memory"]
+    # Replicas prefer distinct nodes; a drain takes one at a time.
+    labels = deployment["spec"]["selector"]["matchLabels"]
+    assert labels["app.kubernetes.io/component"] == "gateway"
+    (preferred,) = spec["affinity"]["podAntiAffinity"][
+        "preferredDuringSchedulingIgnoredDuringExecution"
+    ]
+    assert preferred["podAffinityTerm"]["labelSelector"] == {"matchLabels": labels}
+    budget = only(objects, "PodDisruptionBudget", "modeldeploy-gateway")
+    assert budget["spec"] == {"maxUnavailable": 1, "selector": {"matchLabels": labels}}
+    service = only(objects, "Service", "modeldeploy-gateway")
+    assert service["spec"]["selector"] == labels
+    assert service["spec"]["ports"] == [
+        {"name": "http", "port": 8080, "targetPort": "http", "protocol": "TCP"}
+    ]
+    # The operator's selector and the gateway's never pick each other's pods.
+    assert only(objects, "Deployment", "modeldeploy")["spec"]["selector"]["matchLabels"] != labels
+    one = render({"gateway": {"enabled": True, "replicas": 1}})
+    assert ("PodDisruptionBudget", "modeldeploy-gateway") not in gateway_objects(one)
+
+
+def test_gateway_rbac_reads_models_writes_leases_and_lists_secrets_only_at_home() -> None:
+    objects = render(GATEWAY)
+    role = rule_set(only(objects, "ClusterRole", "modeldeploy-gateway")["rules"])
+    assert role == {
+        *{(g, r, v, ()) for g, r in (("modeldeploy.io", "modeldeployments"), ("", "pods"))
+          for v in ("get", "list", "watch")},
+        *{("coordination.k8s.io", "leases", v, ()) for v in ("get", "create", "patch")},
+    }  # fmt: skip
+    keys = only(objects, "Role", "modeldeploy-gateway-keys")
+    assert keys["metadata"]["namespace"] == "modeldeploy-system"
+    assert rule_set(keys["rules"]) == {("", "secrets", "list", ()), ("", "secrets", "watch", ())}
+    for binding in ("ClusterRoleBinding", "RoleBinding"):
+        (subject,) = only(
+            objects, binding, f"modeldeploy-gateway{'-keys' * (binding == 'RoleBinding')}"
+        )["subjects"]
+        assert subject == {
+            "kind": "ServiceAccount", "name": "modeldeploy-gateway",
+            "namespace": "modeldeploy-system",
+        }  # fmt: skip
+    # Serving one namespace: a Role there, and the gateway watches only it.
+    for values in ({**GATEWAY, "watchNamespaces": ["team-a"]}, GATEWAY):
+        objects = render(values)
+        for obj in objects:
+            if obj["kind"] not in ("ClusterRole", "Role"):
+                continue
+            secrets = [p for p in rule_set(obj["rules"]) if p[1] == "secrets" and p[2] != "get"]
+            where = (obj["kind"], obj["metadata"].get("namespace"))
+            assert not secrets or where == ("Role", "modeldeploy-system"), where
+    namespaced = render({**GATEWAY, "watchNamespaces": ["team-a"]})
+    assert not [o for o in namespaced if o["kind"] == "ClusterRole"
+                and o["metadata"]["name"].startswith("modeldeploy-gateway")]  # fmt: skip
+    assert only(namespaced, "Role", "modeldeploy-gateway")["metadata"]["namespace"] == "team-a"
+    assert only(namespaced, "RoleBinding", "modeldeploy-gateway")["roleRef"]["kind"] == "Role"
+    (container,) = only(namespaced, "Deployment", "modeldeploy-gateway")["spec"]["template"][
+        "spec"
+    ]["containers"]
+    assert container["args"][3:5] == ["--namespace", "team-a"]
+    assert gateway_objects(render({**GATEWAY, "rbac": {"create": False}})) == [
+        ("Deployment", "modeldeploy-gateway"), ("NetworkPolicy", "modeldeploy-gateway"),
+        ("PodDisruptionBudget", "modeldeploy-gateway"), ("Service", "modeldeploy-gateway"),
+        ("ServiceAccount", "modeldeploy-gateway"),
+    ]  # fmt: skip
+
+
+def test_gateway_network_policy_admits_its_port_from_the_listed_peers() -> None:
+    peers = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "apps"}}}]
+    for listed in ([], peers):
+        objects = render({"gateway": {"enabled": True, "networkPolicy": {"from": listed}}})
+        policy = only(objects, "NetworkPolicy", "modeldeploy-gateway")
+        labels = only(objects, "Deployment", "modeldeploy-gateway")["spec"]["selector"]
+        assert policy["spec"]["podSelector"] == labels
+        (rule,) = policy["spec"]["ingress"]
+        assert rule["ports"] == [{"port": 8080, "protocol": "TCP"}]
+        assert rule.get("from", []) == listed  # none: from anywhere
+        # The operator's policy does not select the gateway's pods.
+        operator = only(objects, "NetworkPolicy", "modeldeploy")["spec"]["podSelector"]
+        assert operator["matchExpressions"] == [
+            {"key": "app.kubernetes.io/component", "operator": "NotIn", "values": ["gateway"]}
+        ]
+    off = render({"gateway": {"enabled": True, "networkPolicy": {"enabled": False}}})
+    assert ("NetworkPolicy", "modeldeploy-gateway") not in gateway_objects(off)
+
+
+def test_with_the_gateway_model_pods_admit_only_the_gateway_and_the_operator() -> None:
+    objects = render(GATEWAY)
+    peers = settings_of(objects).planning.model_ingress_from
+    home = {"matchLabels": {"kubernetes.io/metadata.name": "modeldeploy-system"}}
+    assert [dict(peer) for peer in peers] == [
+        {"namespaceSelector": home, "podSelector": {"matchLabels": labels}}
+        for labels in (
+            only(objects, "Deployment", "modeldeploy-gateway")["spec"]["selector"]["matchLabels"],
+            only(objects, "Deployment", "modeldeploy")["spec"]["selector"]["matchLabels"],
+        )
+    ]
+    # The operator may apply and delete them (never read them), with the gateway or without
+    # it: turning the gateway off deletes the policies it made.
+    expected = {
+        ("networking.k8s.io", "networkpolicies", verb, ()) for verb in ("create", "patch", "delete")
+    }
+    off = render()
+    assert settings_of(off).planning.model_ingress_from == ()
+    for rendered in (objects, off):
+        rules = rule_set(only(rendered, "ClusterRole", "modeldeploy")["rules"])
+        assert {p for p in rules if p[1] == "networkpolicies"} == expected
+    unlisted = render({"gateway": {"enabled": True, "networkPolicy": {"models": False}}})
+    assert settings_of(unlisted).planning.model_ingress_from == ()

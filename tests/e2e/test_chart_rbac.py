@@ -30,6 +30,12 @@ The scenario, per namespace:
 - then ``a``'s Service and ``d``'s PVC are deleted (the operator restores them);
 - at last a peer of higher priority appears in the namespace's KopfPeering object (the
   operator pauses).
+
+The rules only the chart's default mode, leader election, adds (the Lease's) are proven
+apart, the same way: an operator in that mode without one of them, beside one with them
+all, each competing for a Lease of its own namespace with one ModelDeployment to
+reconcile. The control takes its Lease and reconciles; without a Lease rule the operator
+never leads, acts on nothing, and logs the API server refusing that rule's verb.
 """
 
 from __future__ import annotations
@@ -75,6 +81,16 @@ KEPT: dict[tuple[str, str, tuple[str, ...]], str] = {
         "scenario creates none, so without the rule it does the same job (tests/e2e/"
         "test_compliance.py runs policies against the operator)"
     ),
+    ("coordination.k8s.io", "leases", ("list", "watch")): (
+        "the gateway's demand Leases wake a model at zero at once; this scenario runs no "
+        "gateway and no model at zero (tests/e2e/test_gateway_scale_from_zero.py does)"
+    ),
+    ("networking.k8s.io", "networkpolicies", ("create", "patch", "delete")): (
+        "with the gateway (planning.modelIngressFrom) the operator puts a NetworkPolicy in "
+        "front of each ModelDeployment's pods, and deletes it when the gateway is turned "
+        "off; this scenario runs without the gateway (tests/unit/test_operator_core.py "
+        "covers the apply on change and the deletion)"
+    ),
     ("modeldeploy.io", "modeldeployments/finalizers", ("update",)): (
         "children carry a controller ownerReference with blockOwnerDeletion, which the "
         "OwnerReferencesPermissionEnforcement admission plugin (OpenShift, hardened "
@@ -95,23 +111,26 @@ def rules_of(rules: list[dict[str, Any]]) -> list[Rule]:
     return found
 
 
-# The chart's peering mode (one replica, Kopf peering, no Lease): this proof runs every case
-# at once in one cluster, which Lease-based cases would share. The Lease's Role (get,
-# create, update of one Lease in the release's namespace) is exercised by
-# test_helm_install.py (the chart's default) and tests/e2e/test_leader_election.py.
+# The chart's peering mode (one replica, Kopf peering, no Lease) for the whole scenario:
+# each case serves a namespace of its own, and peering objects are per namespace. The
+# rules only its default mode, leader election, has (the Lease's: get and update of one
+# Lease by name, create) are proven apart (``lease_run``), each case with a Lease of its own.
 MODE = {"replicaCount": 1, "leaderElection": {"enabled": False}, "peering": {"enabled": True}}
+LEADER_ELECTION: dict[str, Any] = {}  # the chart's default
 
 
-def chart_rules() -> tuple[list[Rule], str]:
+def chart_rules(mode: dict[str, Any]) -> tuple[list[Rule], str]:
     """The chart's namespaced-mode rules (Role and ClusterRole) and its settings file."""
-    objects = helm_template({"watchNamespaces": ["placeholder"], **MODE})
+    objects = helm_template({"watchNamespaces": ["placeholder"], **mode})
     rules = [r for o in objects if o["kind"] in ("Role", "ClusterRole") for r in o["rules"]]
     settings = next(o for o in objects if o["kind"] == "ConfigMap")["data"]["config.yaml"]
     return sorted(rules_of(rules)), settings
 
 
-RULES, _ = chart_rules()
+RULES, _ = chart_rules(MODE)
 REMOVABLE = [rule for rule in RULES if rule[:3] not in KEPT]
+LEADER_RULES, LEADER_SETTINGS = chart_rules(LEADER_ELECTION)
+LEASE_RULES = [rule for rule in LEADER_RULES if rule not in RULES]
 
 
 def rule_id(rule: Rule | None) -> str:
@@ -160,6 +179,29 @@ class Case:
         return self.operator.process.poll() is None
 
 
+def grant(rbac: client.RbacAuthorizationV1Api, namespace: str, tag: str, rules: list[Rule]) -> None:
+    """Bind the ServiceAccount ``operator`` of ``namespace`` to ``rules``, cluster-wide (a
+    ClusterRole and its binding named after the namespace, labelled with the run's tag)."""
+    role = [
+        {"apiGroups": [group], "resources": [resource], "verbs": list(verbs)}
+        | ({"resourceNames": list(names)} if names else {})
+        for group, resource, verbs, names in rules
+    ]
+    labels = {RUN_LABEL: tag}
+    rbac.create_cluster_role({"metadata": {"name": namespace, "labels": labels}, "rules": role})
+    rbac.create_cluster_role_binding(
+        {
+            "metadata": {"name": namespace, "labels": labels},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": namespace,
+            },
+            "subjects": [{"kind": "ServiceAccount", "name": "operator", "namespace": namespace}],
+        }
+    )
+
+
 class Run:
     """Every case's namespace, ServiceAccount, ClusterRole, binding and operator."""
 
@@ -173,7 +215,7 @@ class Run:
         self.apps = client.AppsV1Api(api)
         self.rbac = client.RbacAuthorizationV1Api(api)
         self.custom = client.CustomObjectsApi(api)
-        self.rules, self.settings = chart_rules()
+        self.rules, self.settings = chart_rules(MODE)
         self.peering = yaml.safe_load(self.settings)["peering"]
         self.product = f"NVIDIA-RBAC-{self.tag.upper()}"
         self.node = f"gpu-rbac-{self.tag}"
@@ -202,26 +244,7 @@ class Run:
         self.core.create_namespaced_secret(
             ns, {"metadata": {"name": HUB_SECRET}, "stringData": {"HF_TOKEN": HUB_TOKEN}}
         )
-        rules = [
-            {"apiGroups": [g], "resources": [r], "verbs": list(verbs)}
-            | ({"resourceNames": list(names)} if names else {})
-            for g, r, verbs, names in self.rules
-            if (g, r, verbs, names) != case.removed
-        ]
-        self.rbac.create_cluster_role(
-            {"metadata": {"name": ns, "labels": {RUN_LABEL: self.tag}}, "rules": rules}
-        )
-        self.rbac.create_cluster_role_binding(
-            {
-                "metadata": {"name": ns, "labels": {RUN_LABEL: self.tag}},
-                "roleRef": {
-                    "apiGroup": "rbac.authorization.k8s.io",
-                    "kind": "ClusterRole",
-                    "name": ns,
-                },
-                "subjects": [{"kind": "ServiceAccount", "name": "operator", "namespace": ns}],
-            }
-        )
+        grant(self.rbac, ns, self.tag, [rule for rule in self.rules if rule != case.removed])
         early = model("early")
         early["metadata"]["finalizers"] = [FINALIZER]
         self.create(ns, early)
@@ -623,3 +646,101 @@ def test_rules_kept_for_a_documented_reason_are_granted_once(
     # Each stays for the reason in KEPT (docs/helm-argocd.md says the same).
     assert [rule for rule in RULES if rule[:3] == kept] != [], (kept, KEPT[kept])
     assert len([rule for rule in RULES if rule[:2] == kept[:2]]) == 1, kept
+
+
+# -- the Lease's rules (leader election, the chart's default) -----------------------------
+
+LEASE_GRACE_S = 10.0  # five of the chart's retry periods: a candidate reads the Lease in each
+
+
+@dataclass
+class LeaseCase:
+    """An operator in leader-election mode with every rule but ``removed`` (None: all)."""
+
+    removed: Rule | None
+    namespace: str
+    operator: ChartOperator
+
+
+def deployed(apps: client.AppsV1Api, namespace: str) -> bool:
+    """True once the ModelDeployment ``a`` of ``namespace`` has its Deployment."""
+    return any(d.metadata.name == "a" for d in apps.list_namespaced_deployment(namespace).items)
+
+
+@pytest.fixture(scope="module")
+def lease_run(
+    crd_cluster: ClusterHandle, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[list[LeaseCase]]:
+    """An operator without each Lease rule and one with every rule (the control), at once,
+    each serving a namespace of its own and competing for a Lease there (no other
+    candidate), each with one ModelDeployment; judged once the control has led and
+    reconciled its own, and a grace period later."""
+    api = crd_cluster.api_client()
+    core, apps, rbac = (
+        client.CoreV1Api(api),
+        client.AppsV1Api(api),
+        client.RbacAuthorizationV1Api(api),
+    )
+    custom = client.CustomObjectsApi(api)
+    tag, tmp, began = secrets.token_hex(3), tmp_path_factory.mktemp("lease"), time.monotonic()
+    cases: list[LeaseCase] = []
+    try:
+        for i, removed in enumerate([None, *LEASE_RULES]):
+            ns = f"rbac-lease-{tag}-{i}"
+            core.create_namespace({"metadata": {"name": ns, "labels": {RUN_LABEL: tag}}})
+            core.create_namespaced_service_account(ns, {"metadata": {"name": "operator"}})
+            grant(rbac, ns, tag, [rule for rule in LEADER_RULES if rule != removed])
+            kubeconfig = service_account_kubeconfig(
+                crd_cluster, ns, "operator", tmp / f"{ns}.kubeconfig"
+            )
+            flags = ("--namespace", ns, "--lease-namespace", ns)
+            cases.append(LeaseCase(removed, ns, ChartOperator(kubeconfig, LEADER_SETTINGS, *flags)))
+        for case in cases:
+            case.operator.start(wait=False)
+            custom.create_namespaced_custom_object(
+                GROUP, VERSION, case.namespace, PLURAL, model("a")
+            )
+        wait_until(
+            lambda: deployed(apps, cases[0].namespace), timeout=180,
+            what="the control to take the Lease and reconcile",
+        )  # fmt: skip
+        progress("lease: the control leads and has reconciled", began)
+        observe_for(LEASE_GRACE_S)
+        yield cases
+    finally:
+        for case in cases:
+            case.operator.stop()
+        for ns in core.list_namespace(label_selector=f"{RUN_LABEL}={tag}").items:
+            core.delete_namespace(ns.metadata.name)
+        rbac.delete_collection_cluster_role_binding(label_selector=f"{RUN_LABEL}={tag}")
+        rbac.delete_collection_cluster_role(label_selector=f"{RUN_LABEL}={tag}")
+
+
+def test_the_lease_rules_are_what_leader_election_adds_to_the_proven_rules() -> None:
+    assert {rule[:2] for rule in LEASE_RULES} == {("coordination.k8s.io", "leases")}
+    assert {verb for rule in LEASE_RULES for verb in rule[2]} == {"get", "create", "update"}
+
+
+def test_with_every_rule_the_operator_takes_the_lease_and_acts(
+    lease_run: list[LeaseCase], crd_cluster: ClusterHandle
+) -> None:
+    control = lease_run[0]
+    assert control.removed is None
+    assert "took the Lease" in control.operator.log(), control.operator.log()[-3000:]
+    assert control.operator.health().get("leader") is True
+
+
+@pytest.mark.parametrize("rule", LEASE_RULES, ids=rule_id)
+def test_without_a_lease_rule_the_operator_cannot_lead_and_says_so(
+    lease_run: list[LeaseCase], crd_cluster: ClusterHandle, rule: Rule
+) -> None:
+    case = next(c for c in lease_run if c.removed == rule)
+    log = case.operator.log()
+    assert "took the Lease" not in log, log[-3000:]
+    assert case.operator.health().get("leader") is False
+    # It says why: the Lease call, refused a verb of exactly that rule.
+    refusals = [f'cannot {verb} resource "leases"' for verb in rule[2]]
+    assert "cannot read or write the Lease" in log, log[-3000:]
+    assert any(r in log or r.replace('"', '\\"') in log for r in refusals), log[-3000:]
+    # A candidate that cannot lead acts on nothing.
+    assert not deployed(client.AppsV1Api(crd_cluster.api_client()), case.namespace)

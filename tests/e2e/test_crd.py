@@ -259,6 +259,26 @@ REFUSALS: list[tuple[str, dict[str, Any], str]] = [
     ("context as text", {"serving": {"contextLength": "4k"}}, "must be of type integer"),
     ("duplicate env", {"serving": {"env": [{"name": "A"}, {"name": "A"}]}}, "Duplicate value"),
     ("unknown field", {"gpus": 2}, 'unknown field "spec.gpus"'),
+    (
+        "duplicate adapters",
+        {"adapters": [{"name": "a", "source": "hf://a/b"}, {"name": "a", "source": "hf://a/c"}]},
+        "Duplicate value",
+    ),
+    (
+        "adapter named like the base",
+        {"adapters": [{"name": "bad", "source": "hf://a/b"}]},
+        "an adapter may not take the base model's served name",
+    ),
+    (
+        "adapter digests without revision",
+        {"adapters": [{"name": "a", "source": "hf://a/b", "digests": {"a.gguf": SHA}}]},
+        "revision is required when digests are pinned",
+    ),
+    (
+        "adapter scheme",
+        {"adapters": [{"name": "a", "source": "ftp://host/a"}]},
+        "source must be a URI with scheme",
+    ),
 ]
 
 

@@ -84,7 +84,13 @@ def test_two_replicas_of_a_small_cpu_model_both_run(
     md["spec"]["cache"]["accessMode"] = "ReadWriteMany"
     api.create(md)
     wait_until(lambda: len(_bound_pods(api, "small")) == 2, timeout=120, what="two bound pods")
-    decision = api.md("small")["status"]["decision"]
+    # The pass writes status after it applies the Deployment: under load the pods can be
+    # bound first.
+    decision = wait_until(
+        lambda: (api.md("small").get("status") or {}).get("decision"),
+        timeout=60,
+        what="the decision in status",
+    )
     # Sized to the model, not to three quarters of the 16-core node: both fit one class.
     assert decision["threads"] <= 8, decision
     for pod in _bound_pods(api, "small"):

@@ -481,6 +481,7 @@ EXPECTED_EXAMPLES = {
     "qwen-7b-awq-gpu.yaml",
     "llama-70b-bf16-h100.yaml",
     "qwen-7b-gguf-pinned.yaml",
+    "gemma-270m-lora.yaml",
 }
 
 
@@ -518,6 +519,8 @@ def test_examples_say_what_they_show() -> None:
     assert llama.model.quantization == "BF16" and llama.hardware.gpu.products
     pinned = by_name["qwen-7b-gguf-pinned.yaml"].spec.model
     assert pinned.revision and pinned.digests
+    lora = by_name["gemma-270m-lora.yaml"].spec
+    assert [a.name for a in lora.adapters] == ["gemma-3-270m-sql", "gemma-3-270m-support"]
 
 
 # --- the CRD itself --------------------------------------------------------------------

@@ -13,18 +13,19 @@ import hashlib
 import json
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, ClassVar
 
-import gguf
-import numpy as np
 import pytest
 import yaml
 from cyclonedx.schema import OutputFormat, SchemaVersion
 from cyclonedx.validation import make_schemabased_validator
 from nodepool import load_e2e_pool, model_deployment
+from tiny_gguf import write_tiny_lora, write_tiny_model
 
+from modeldeploy.adapters import ResolvedAdapter
 from modeldeploy.api import parse_model_deployment
 from modeldeploy.bom import RuntimeFacts, build_bom
 from modeldeploy.cli import main
@@ -50,7 +51,7 @@ from modeldeploy.render.bom import (
     render_bom_configmap,
     runtime_facts,
 )
-from modeldeploy.resolution import ArtifactFile, Resolution
+from modeldeploy.resolution import AdapterFacts, ArtifactFile, Resolution
 from modeldeploy.sizing import ModelArchitecture
 
 CONFIG = OperatorConfig()
@@ -213,6 +214,23 @@ def test_the_serial_number_follows_the_uid_and_the_resolution() -> None:
     assert serial(_inputs()) == base
 
 
+def test_a_document_is_built_once_per_inputs_and_the_architecture_counts() -> None:
+    md = _md()
+    placement = plan_placement(md.spec, E2E, CONFIG, ARCHITECTURE)
+    runtime = runtime_facts(placement, CONFIG)
+    resolution = _resolution()
+    provenance = provenance_from(md, resolution)
+    first = build_bom(md, resolution, runtime, provenance, timestamp=WHEN)
+    # The same inputs, built anew (as every pass does): the cached document itself.
+    assert build_bom(_md(), _resolution(), runtime, provenance, timestamp=WHEN) is first
+    # A Resolution's equality leaves its architecture out; the model card does not.
+    other = replace(resolution, architecture=replace(ARCHITECTURE, layers=30))
+    assert other == resolution
+    card = _model(json.loads(build_bom(md, other, runtime, provenance, timestamp=WHEN)))
+    assert {"name": "modeldeploy:layers", "value": "30"} in card["modelCard"]["properties"]
+    assert build_bom(md, resolution, runtime, provenance) != first  # no timestamp
+
+
 @pytest.mark.parametrize(
     ("license", "expected"),
     [
@@ -237,6 +255,73 @@ def test_an_unresolved_source_still_gives_a_valid_bom() -> None:
     assert "hashes" not in model and "version" not in model
     assert model["bom-ref"] == "pvc://models/tiny-Q4_K_M.gguf@unresolved"
     assert {r["type"] for r in model["externalReferences"]} == {"distribution"}
+
+
+ADAPTER_REVISION = "a" * 40
+ADAPTER_BYTES = b"lora weights"
+
+
+def _adapter(name: str = "qwen-sql", scale: float | None = 0.5) -> ResolvedAdapter:
+    files = (ArtifactFile("sql-f16.gguf", 12, hashlib.sha256(ADAPTER_BYTES).hexdigest()),)
+    facts = AdapterFacts("gguf", kind="adapter/lora", architecture="qwen2", rank=8, alpha=16.0)
+    resolution = Resolution(
+        "hf://acme/qwen-sql-lora-GGUF", ADAPTER_REVISION, "gguf", None, files, adapter=facts
+    )
+    return ResolvedAdapter(name, scale, resolution)
+
+
+def test_each_adapter_is_a_model_of_its_own_that_depends_on_the_base() -> None:
+    spec = copy.deepcopy(SPEC)
+    spec["adapters"] = [
+        {"name": "qwen-sql", "source": "hf://acme/qwen-sql-lora-GGUF", "scale": 0.5}
+    ]
+    inputs = _inputs(md=_md(spec), adapters=(_adapter(),))
+    document = _valid(render_bom_configmap(inputs, timestamp=WHEN)["data"][BOM_KEY])
+    by_ref = {c["bom-ref"]: c for c in document["components"]}
+    adapter = by_ref["adapter:qwen-sql"]
+    base = by_ref[f"pkg:huggingface/Qwen/Qwen2.5-7B-Instruct-GGUF@{REVISION}"]
+    assert (adapter["type"], adapter["name"], adapter["version"]) == (
+        "machine-learning-model",
+        "qwen-sql",
+        ADAPTER_REVISION,
+    )
+    assert adapter["purl"] == f"pkg:huggingface/acme/qwen-sql-lora-GGUF@{ADAPTER_REVISION}"
+    digest = hashlib.sha256(ADAPTER_BYTES).hexdigest()
+    assert adapter["hashes"] == [{"alg": "SHA-256", "content": digest}]
+    assert [(f["name"], f["hashes"][0]["content"]) for f in adapter["components"]] == [
+        ("sql-f16.gguf", digest)
+    ]
+    properties = _properties(adapter)
+    assert properties["modeldeploy:base-model"] == base["bom-ref"]
+    assert properties["modeldeploy:adapter-kind"] == "adapter/lora"
+    assert properties["modeldeploy:architecture"] == "qwen2"
+    assert (properties["modeldeploy:lora-rank"], properties["modeldeploy:scale"]) == ("8", "0.5")
+    assert properties["modeldeploy:files-digest"] == files_digest(_adapter().resolution.files)
+    # The model card describes the base only.
+    assert "modelCard" in base and "modelCard" not in adapter
+    depends = {d["ref"]: d.get("dependsOn", []) for d in document["dependencies"]}
+    assert "adapter:qwen-sql" in depends[document["metadata"]["component"]["bom-ref"]]
+    assert depends["adapter:qwen-sql"] == [base["bom-ref"]]
+
+
+def test_an_adapters_revision_and_facts_change_the_document() -> None:
+    spec = copy.deepcopy(SPEC)
+    spec["adapters"] = [{"name": "qwen-sql", "source": "hf://acme/qwen-sql-lora-GGUF"}]
+    md = _md(spec)
+
+    def text(adapter: ResolvedAdapter) -> str:
+        return render_bom_configmap(_inputs(md=md, adapters=(adapter,)))["data"][BOM_KEY]
+
+    first = text(_adapter())
+    assert text(_adapter()) == first
+    moved = _adapter()
+    moved = replace(moved, resolution=replace(moved.resolution, revision="b" * 40))
+    assert json.loads(text(moved))["serialNumber"] != json.loads(first)["serialNumber"]
+    # AdapterFacts are outside a Resolution's equality; the document still follows them.
+    ranked = _adapter()
+    facts = replace(ranked.facts, rank=16)
+    ranked = replace(ranked, resolution=replace(ranked.resolution, adapter=facts))
+    assert '"value": "16"' in text(ranked) and text(ranked) != first
 
 
 def test_the_configmap_is_a_child_like_the_others() -> None:
@@ -280,28 +365,10 @@ def test_runtime_facts_of_a_gpu_placement_name_the_gpu_image() -> None:
 # -- the command line ---------------------------------------------------------------
 
 
-def write_gguf(path: Path) -> Path:
-    """A small valid GGUF file: a few metadata keys and one tensor."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    writer = gguf.GGUFWriter(str(path), "gemma3")
-    writer.add_block_count(2)
-    writer.add_context_length(8192)
-    writer.add_embedding_length(8)
-    writer.add_head_count(2)
-    writer.add_head_count_kv(1)
-    writer.add_file_type(15)  # MOSTLY_Q4_K_M
-    writer.add_tensor("token_embd.weight", np.zeros((4, 8), dtype=np.float32))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
-
-
 def test_bom_from_a_file_fetches_and_names_the_real_sha256(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    gguf_file = write_gguf(tmp_path / "claims" / "models" / "tiny-Q4_K_M.gguf")
+    gguf_file = write_tiny_model(tmp_path / "claims" / "models" / "tiny-Q4_K_M.gguf")
     spec = {"model": {"source": "pvc://models/tiny-Q4_K_M.gguf", "parameters": "270M"}}
     md_file = tmp_path / "md.yaml"
     md_file.write_text(yaml.safe_dump(model_deployment(spec, name="tiny")))
@@ -322,6 +389,31 @@ def test_bom_from_a_file_fetches_and_names_the_real_sha256(
     assert main([*argv, "--pvc-root", str(tmp_path / "claims")]) == 0
     again = _model(json.loads(capsys.readouterr().out))
     assert again["hashes"] == model["hashes"] and again["version"] == model["version"]
+
+
+def test_bom_from_a_file_fetches_and_lists_the_adapters(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_tiny_model(tmp_path / "claims" / "models" / "tiny-Q4_K_M.gguf")
+    lora = write_tiny_lora(tmp_path / "claims" / "loras" / "tiny-sql.gguf")
+    spec = {
+        "model": {"source": "pvc://models/tiny-Q4_K_M.gguf", "parameters": "270M"},
+        "adapters": [{"name": "tiny-sql", "source": "pvc://loras/tiny-sql.gguf", "scale": 0.5}],
+    }
+    md_file = tmp_path / "md.yaml"
+    md_file.write_text(yaml.safe_dump(model_deployment(spec, name="tiny")))
+    argv = ["bom", "-f", str(md_file), "--cache", str(tmp_path / "cache")]
+    assert main([*argv, "--pvc-root", str(tmp_path / "claims")]) == 0
+    document = _valid(capsys.readouterr().out)
+    by_ref = {c["bom-ref"]: c for c in document["components"]}
+    adapter = by_ref["adapter:tiny-sql"]
+    assert adapter["hashes"] == [
+        {"alg": "SHA-256", "content": hashlib.sha256(lora.read_bytes()).hexdigest()}
+    ]
+    properties = _properties(adapter)
+    assert properties["modeldeploy:adapter-kind"] == "adapter/lora"
+    assert properties["modeldeploy:architecture"] == "gemma3"
+    assert properties["modeldeploy:scale"] == "0.5"
 
 
 def test_bom_from_a_file_reports_a_failed_fetch(

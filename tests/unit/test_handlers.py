@@ -1,6 +1,7 @@
 """The Kopf wiring (``handlers``) with ``RecordingWriter``: no handler needs a finalizer, a
 legacy finalizer is released once, the drift check walks the index and pauses with Kopf
-peering, and a missing permission becomes ``Degraded=Forbidden``.
+peering, a missing permission becomes ``Degraded=Forbidden``, and passes queue: coalesced
+per object, a new spec before follow-ups.
 
 Plain dicts stand in for Kopf's indexes (the wiring reads them as mappings of lists); the
 e2e tests run the same handlers under Kopf against the real API server.
@@ -9,8 +10,10 @@ e2e tests run the same handlers under Kopf against the real API server.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import json
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -64,6 +67,7 @@ def indexes(*mds: dict[str, Any]) -> dict[str, dict[Any, list[Any]]]:
         "pod_usage": {},
         "model_policies": {},
         "namespace_labels": {},
+        "demand_leases": {},
     }
 
 
@@ -97,6 +101,15 @@ def test_no_handler_needs_a_finalizer() -> None:
     assert {h.id for h in watching} >= {"model_deployment_event", "model_deployments"}
     assert not any(getattr(h, "requires_finalizer", None) for h in watching)
     assert handlers.KOPF_FINALIZER not in LEGACY_FINALIZERS
+
+
+def test_no_diff_base_is_built_or_kept_as_no_handler_reads_one() -> None:
+    # Only change handlers (on.create, update, resume, delete, field) read Kopf's diff base.
+    assert kopf.get_default_registry()._changing.get_all_handlers() == []
+    storage = handlers.NoDiffBase()
+    body = kopf.Body({"metadata": {"name": "a", "labels": {"x": "1"}}, "spec": {"replicas": 1}})
+    assert storage.build(body=body) == {}
+    assert storage.fetch(body=body) is None
 
 
 def test_a_legacy_finalizer_is_released_once_per_version_then_the_pass_runs() -> None:
@@ -244,3 +257,118 @@ def test_a_refused_permission_is_reported_as_degraded_forbidden() -> None:
     degraded = next(c for c in status["conditions"] if c["type"] == "Degraded")
     assert (degraded["status"], degraded["reason"]) == ("True", "Forbidden")
     assert 'cannot patch resource "deployments"' in degraded["message"]
+
+
+# -- how passes queue ------------------------------------------------------------------
+
+
+def test_passes_for_a_new_spec_go_before_follow_ups_that_waited_longer() -> None:
+    slots = passes.PassSlots(1)
+    order: list[str] = []
+
+    async def one(name: str, first: bool) -> None:
+        async with slots.slot(first=first):
+            order.append(name)
+
+    async def scenario() -> None:
+        async with slots.slot(first=False):  # the one slot is taken
+            waiting = [
+                asyncio.create_task(one("status of a", first=False)),
+                asyncio.create_task(one("status of b", first=False)),
+                asyncio.create_task(one("create of c", first=True)),
+            ]
+            await until(lambda: len(slots._waiting) == 3)
+        await asyncio.gather(*waiting)
+
+    asyncio.run(scenario())
+    assert order == ["create of c", "status of a", "status of b"]
+    assert slots.free == 1
+
+
+def test_a_pass_cancelled_while_it_waits_leaves_no_slot_taken() -> None:
+    slots = passes.PassSlots(2)
+    ran: list[str] = []
+
+    async def one(name: str) -> None:
+        async with slots.slot(first=True):
+            ran.append(name)
+
+    async def scenario() -> None:
+        async with slots.slot(first=True), slots.slot(first=True):
+            cancelled = asyncio.create_task(one("cancelled"))
+            later = asyncio.create_task(one("later"))
+            await until(lambda: len(slots._waiting) == 2)
+            cancelled.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await cancelled
+        await later
+
+    asyncio.run(scenario())
+    assert ran == ["later"]
+    assert slots.free == 2 and slots._waiting == []
+
+
+def test_triggers_coalesce_into_the_waiting_pass_and_one_during_a_pass_adds_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    release = threading.Event()
+    runs: list[str] = []
+
+    def blocking_pass(md: dict[str, Any], view: Any, st: State) -> Any:
+        runs.append(md["metadata"]["name"])
+        if len(runs) == 1:
+            release.wait(timeout=10)  # the first pass is under way until released
+        raise client.ApiException(status=422, reason="stand-in: no result needed")
+
+    monkeypatch.setattr(passes, "_pass", blocking_pass)
+    st = state(RecordingWriter())
+    live = indexes(md("chat"))
+
+    async def trigger() -> None:
+        with contextlib.suppress(client.ApiException):
+            await reconcile_key((NS, "chat"), st, live)
+
+    async def scenario() -> None:
+        under_way = asyncio.create_task(trigger())
+        await until(lambda: len(runs) == 1)
+        # Three triggers during the pass: one pass waits, the others add nothing.
+        later = [asyncio.create_task(trigger()) for _ in range(3)]
+        await until(lambda: all(t.done() for t in later[1:]))
+        assert not later[0].done()
+        release.set()
+        await asyncio.gather(under_way, *later)
+
+    asyncio.run(scenario())
+    assert runs == ["chat", "chat"]
+    assert st.pending == set()
+
+
+def test_a_new_spec_overtakes_follow_up_passes_that_wait_for_a_thread(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    runs: list[str] = []
+
+    def recording_pass(md: dict[str, Any], view: Any, st: State) -> Any:
+        runs.append(md["metadata"]["name"])
+        raise client.ApiException(status=422, reason="stand-in: no result needed")
+
+    monkeypatch.setattr(passes, "_pass", recording_pass)
+    st = state(RecordingWriter())
+    st.slots = passes.PassSlots(1)
+    acted_on = md("settled") | {"status": {"observedGeneration": 1}}
+    live = indexes(acted_on, md("created"))
+
+    async def trigger(name: str) -> None:
+        with contextlib.suppress(client.ApiException):
+            await reconcile_key((NS, name), st, live)
+
+    async def scenario() -> None:
+        async with st.slots.slot(first=False):  # every pass thread is busy
+            settled = asyncio.create_task(trigger("settled"))
+            await until(lambda: len(st.slots._waiting) == 1)
+            created = asyncio.create_task(trigger("created"))
+            await until(lambda: len(st.slots._waiting) == 2)
+        await asyncio.gather(settled, created)
+
+    asyncio.run(scenario())
+    assert runs == ["created", "settled"]

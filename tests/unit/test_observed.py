@@ -166,10 +166,18 @@ def test_owner_key(namespace: str | None, labels: dict[str, str], expected: Any)
 
 
 def test_snapshot_is_a_deep_copy() -> None:
-    body = {"metadata": {"name": "a", "labels": {"x": "1"}}}
+    body = {
+        "metadata": {"name": "a", "labels": {"x": "1"}},
+        "status": {"conditions": [{"type": "Ready", "status": "True"}], "replicas": 1},
+    }
     kept = snapshot(body)
     body["metadata"]["labels"]["x"] = "2"
-    assert kept == {"metadata": {"name": "a", "labels": {"x": "1"}}}
+    body["status"]["conditions"][0]["status"] = "False"
+    body["status"]["conditions"].append({"type": "Progressing"})
+    assert kept == {
+        "metadata": {"name": "a", "labels": {"x": "1"}},
+        "status": {"conditions": [{"type": "Ready", "status": "True"}], "replicas": 1},
+    }
 
 
 def test_snapshot_leaves_out_metadata_no_decision_reads() -> None:

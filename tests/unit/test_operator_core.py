@@ -321,3 +321,25 @@ def test_a_crash_loop_names_the_last_exit_and_its_termination_message() -> None:
     degraded = next(c for c in status["conditions"] if c["type"] == "Degraded")
     assert degraded["reason"] == "CrashLoopBackOff"
     assert "exited 3: x.gguf: sha256 mismatch" in degraded["message"]
+
+
+def test_the_gateway_network_policy_is_applied_when_it_changes_and_deleted_when_unwanted() -> None:
+    peers = ({"podSelector": {"matchLabels": {"app.kubernetes.io/component": "gateway"}}},)
+    config = OperatorConfig(model_ingress_from=peers)
+    md = example_md()
+    first = RecordingWriter()
+    reconcile(md, ClusterView(load_e2e_pool()), first, config, now=NOW)  # type: ignore[arg-type]
+    assert ("apply", "NetworkPolicy/gemma-270m-cpu") in first.calls
+    md["status"] = next(what for kind, what in first.calls if kind == "status")
+    assert md["status"]["networkPolicyHash"]
+    # Not watched: the next pass does not apply it again while it is unchanged.
+    children = [dict(obj) for obj in first.applied if obj["kind"] != "NetworkPolicy"]
+    again = RecordingWriter()
+    reconcile(md, ClusterView(load_e2e_pool(), children), again, config, now=NOW)  # type: ignore[arg-type]
+    assert ("apply", "NetworkPolicy/gemma-270m-cpu") not in again.calls
+    # The gateway turned off: the policy goes, and status forgets it.
+    off = RecordingWriter()
+    reconcile(md, ClusterView(load_e2e_pool(), children), off, OperatorConfig(), now=NOW)  # type: ignore[arg-type]
+    assert ("delete", "NetworkPolicy/gemma-270m-cpu") in off.calls
+    status = next(what for kind, what in off.calls if kind == "status")
+    assert "networkPolicyHash" not in status

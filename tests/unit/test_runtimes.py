@@ -258,6 +258,11 @@ def vllm_serve_parser() -> argparse.ArgumentParser:
     - ``--max-num-seqs``: ``SchedulerConfig`` (vllm/config/scheduler.py)
     - ``--gpu-memory-utilization``, ``--enable-prefix-caching`` (a boolean pair with
       ``--no-enable-prefix-caching``): ``CacheConfig`` (vllm/config/cache.py)
+    - ``--enable-lora`` (a boolean pair, vllm/engine/arg_utils.py), ``--max-loras`` (an int
+      >= 1) and ``--max-lora-rank`` (``MaxLoRARanks``: 1, 8, 16, 32, 64, 128, 256, 320, 512):
+      ``LoRAConfig`` (vllm/config/lora.py); ``--lora-modules`` (nargs +, each ``NAME=PATH``
+      when it has "=" and no ",", else JSON): ``LoRAParserAction``
+      (vllm/entrypoints/launchers/cli_args.py)
     """
     parser = argparse.ArgumentParser(prog="vllm serve", exit_on_error=False)
     parser.add_argument("model_tag")
@@ -285,7 +290,23 @@ def vllm_serve_parser() -> argparse.ArgumentParser:
     parser.add_argument("--gpu-memory-utilization", type=float)
     parser.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction)
     parser.add_argument("--enforce-eager", action=argparse.BooleanOptionalAction)
+    parser.add_argument("--enable-lora", action=argparse.BooleanOptionalAction)
+    parser.add_argument("--max-loras", type=int)
+    parser.add_argument("--max-lora-rank", type=int, choices=[1, 8, 16, 32, 64, 128, 256, 320, 512])
+    parser.add_argument("--lora-modules", nargs="+", action=_LoRAModules)
     return parser
+
+
+class _LoRAModules(argparse.Action):
+    """vLLM's ``LoRAParserAction``: ``NAME=PATH`` items (JSON items are refused here)."""
+
+    def __call__(self, parser: Any, namespace: Any, values: Any, option: Any = None) -> None:
+        pairs = []
+        for item in values:
+            if "=" not in item or "," in item:
+                raise argparse.ArgumentError(self, f"vLLM would parse {item!r} as JSON")
+            pairs.append(tuple(item.split("=", 1)))
+        setattr(namespace, self.dest, pairs)
 
 
 @pytest.mark.parametrize("spec", [AWQ, BF16], ids=["awq", "bf16"])
@@ -301,6 +322,49 @@ def test_vllm_argv_parses_with_vllm_serve_flags(spec: dict[str, Any]) -> None:
     assert 0 < parsed.gpu_memory_utilization <= 1
     assert parsed.enable_prefix_caching is True
     assert (parsed.quantization is None) != (parsed.dtype is None)
+
+
+def test_vllm_adapters_parse_with_vllm_serve_flags() -> None:
+    from modeldeploy.adapters import ResolvedAdapter
+    from modeldeploy.plan import plan
+    from modeldeploy.resolution import AdapterFacts, ArtifactFile, Resolution
+    from modeldeploy.runtimes.base import LaunchAdapter, LaunchRequest
+
+    spec = copy.deepcopy(BF16)
+    spec["adapters"] = [
+        {"name": "sql", "source": "hf://o/sql"},
+        {"name": "chat", "source": "hf://o/c"},
+    ]
+    md = parse_model_deployment(model_deployment(spec))
+    facts = AdapterFacts("peft", kind="LORA", rank=32)
+    files = (ArtifactFile("adapter_config.json", 1),)
+    resolved = [
+        ResolvedAdapter(a.name, None, Resolution(a.source, "r", "peft", None, files, adapter=facts))
+        for a in md.spec.adapters
+    ]
+    deployment = next(
+        o for o in plan(md, POOL, CONFIG, adapters=resolved).objects if o["kind"] == "Deployment"
+    )
+    args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    request = LaunchRequest(
+        binary="vllm",
+        model=Path("/models/key/rev"),
+        args=args,
+        env={},
+        host="10.0.0.3",
+        threads=lambda: 1,
+        chat_facts=lambda: None,
+        adapters=[
+            LaunchAdapter("sql", Path("/models/sql/r")),
+            LaunchAdapter("chat", Path("/models/c/r")),
+        ],
+    )
+    argv = vllm.RUNTIME.launch_argv(request)
+    parsed = vllm_serve_parser().parse_args(argv[2:])
+    assert parsed.enable_lora is True
+    assert parsed.max_loras == 2 and parsed.max_lora_rank == 32
+    assert parsed.lora_modules == [("sql", "/models/sql/r"), ("chat", "/models/c/r")]
+    assert parsed.served_model_name == ["demo"]
 
 
 def test_vllm_user_args_come_last_and_win() -> None:

@@ -13,10 +13,9 @@ import struct
 from pathlib import Path
 from typing import Any
 
-import gguf
-import numpy as np
 import pytest
 from nodepool import model_deployment
+from tiny_gguf import write_tiny_model
 
 from modeldeploy.api import parse_model_deployment
 from modeldeploy.config import OperatorConfig
@@ -44,33 +43,13 @@ from modeldeploy.serve.model import (
 TRUE = "/bin/true"
 
 
-def write_gguf(path: Path, *, arch: str = "gemma3", template: str | None = None) -> Path:
-    """A small valid GGUF file: a few metadata keys and one tensor."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    writer = gguf.GGUFWriter(str(path), arch)
-    writer.add_block_count(2)
-    writer.add_context_length(8192)
-    writer.add_embedding_length(8)
-    writer.add_head_count(2)
-    writer.add_head_count_kv(1)
-    writer.add_file_type(15)  # MOSTLY_Q4_K_M
-    if template is not None:
-        writer.add_chat_template(template)
-    writer.add_tensor("token_embd.weight", np.zeros((4, 8), dtype=np.float32))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
-
-
 @pytest.fixture
 def claims(tmp_path: Path) -> Path:
     """A claims root holding claim ``models`` with one GGUF and a split set."""
     root = tmp_path / "claims"
-    write_gguf(root / "models" / "tiny-Q4_K_M.gguf")
+    write_tiny_model(root / "models" / "tiny-Q4_K_M.gguf")
     for part in (1, 2):
-        write_gguf(root / "split" / f"big-Q4_K_M-0000{part}-of-00002.gguf", arch="llama")
+        write_tiny_model(root / "split" / f"big-Q4_K_M-0000{part}-of-00002.gguf", arch="llama")
     checkpoint = root / "checkpoint"
     checkpoint.mkdir()
     (checkpoint / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"]}))
@@ -142,7 +121,7 @@ def test_launcher_takes_shard_one_of_a_split_gguf(tmp_path: Path, claims: Path) 
 def test_chat_facts_agree_with_a_full_header_parse(
     tmp_path: Path, arch: str, template: str | None
 ) -> None:
-    model = write_gguf(tmp_path / "m.gguf", arch=arch, template=template)
+    model = write_tiny_model(tmp_path / "m.gguf", arch=arch, template=template)
     facts = read_chat_facts(model)
     info = read_gguf_info(model)
     assert facts.architecture == info.architecture.architecture == arch
@@ -150,7 +129,7 @@ def test_chat_facts_agree_with_a_full_header_parse(
 
 
 def test_model_path_env_wins_and_a_model_template_is_kept(tmp_path: Path) -> None:
-    model = write_gguf(tmp_path / "own.gguf", template="{{ messages }}")
+    model = write_tiny_model(tmp_path / "own.gguf", template="{{ messages }}")
     assert read_chat_facts(model).has_chat_template
     env = {"MODELDEPLOY_MODEL_PATH": str(model), "MODELDEPLOY_LLAMA_SERVER": TRUE}
     launch = plan_launch("llamacpp", ["--host", "127.0.0.3"], env)

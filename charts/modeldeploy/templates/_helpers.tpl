@@ -38,6 +38,26 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/component: operator
 {{- end }}
 
+{{/* The gateway (gateway.enabled): its object names, labels and selector (component
+gateway, so neither selects the other's pods). */}}
+{{- define "modeldeploy.gatewayName" -}}
+{{- printf "%s-gateway" (include "modeldeploy.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "modeldeploy.gatewaySelectorLabels" -}}
+app.kubernetes.io/name: {{ include "modeldeploy.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: gateway
+{{- end }}
+
+{{- define "modeldeploy.gatewayLabels" -}}
+helm.sh/chart: {{ include "modeldeploy.chart" . }}
+{{ include "modeldeploy.gatewaySelectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: modeldeploy
+{{- end }}
+
 {{- define "modeldeploy.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create }}
 {{- default (include "modeldeploy.fullname" .) .Values.serviceAccount.name }}
@@ -68,6 +88,9 @@ app.kubernetes.io/component: operator
 {{- if and .Values.peering.enabled .Values.leaderElection.enabled }}
 {{- fail "peering.enabled and leaderElection.enabled exclude each other (Kopf peering pauses every replica that sees another): turn one off" }}
 {{- end }}
+{{- if and .Values.gateway.enabled (gt (len .Values.watchNamespaces) 1) }}
+{{- fail "gateway.enabled with more than one of watchNamespaces: the gateway watches one namespace or every namespace; serve one namespace, or every one" }}
+{{- end }}
 {{- if and (gt (int .Values.replicaCount) 1) (not .Values.leaderElection.enabled) }}
 {{- fail "replicaCount above 1 needs leaderElection.enabled: without the Lease every replica would write" }}
 {{- end }}
@@ -78,6 +101,18 @@ YAML too (and keeps large integers out of scientific notation). Keys are the ope
 own (operator/modeldeploy/settings.py); it refuses unknown ones. */}}
 {{- define "modeldeploy.settings" -}}
 {{- $planning := deepCopy .Values.planning }}
+{{- if .Values.gateway.enabled }}
+{{- /* The gateway holds requests for a model at zero and wakes it (docs/gateway.md). */}}
+{{- $_ := set $planning "scaleToZero" true }}
+{{- if .Values.gateway.networkPolicy.models }}
+{{- /* Model pods: ingress on the serving port from the gateway's and the operator's pods. */}}
+{{- $home := dict "matchLabels" (dict "kubernetes.io/metadata.name" .Release.Namespace) }}
+{{- $_ := set $planning "modelIngressFrom" (list
+  (dict "namespaceSelector" $home "podSelector" (dict "matchLabels" (include "modeldeploy.gatewaySelectorLabels" . | fromYaml)))
+  (dict "namespaceSelector" $home "podSelector" (dict "matchLabels" (include "modeldeploy.selectorLabels" . | fromYaml)))
+) }}
+{{- end }}
+{{- end }}
 {{- if not $planning.operatorImage }}
 {{- $_ := set $planning "operatorImage" (include "modeldeploy.image" .) }}
 {{- end }}

@@ -69,6 +69,18 @@ purpose, so that each can be shown to be needed on its own (tests/e2e/test_chart
   resources: [horizontalpodautoscalers]
   verbs: [create, patch, delete]
 {{- end }}
+# The gateway's demand Leases (<ModelDeployment>-demand, labelled modeldeploy.io/demand):
+# watched into an index, so a model at zero replicas wakes at once (docs/gateway.md); the
+# operator never writes them.
+- apiGroups: [coordination.k8s.io]
+  resources: [leases]
+  verbs: [list, watch]
+# The NetworkPolicy of each ModelDeployment with the gateway (ingress to its pods only from
+# the gateway and the operator): server-side applied when it changes, never read, and
+# deleted when no longer wanted, also after the gateway is turned off (so not conditional).
+- apiGroups: [networking.k8s.io]
+  resources: [networkpolicies]
+  verbs: [create, patch, delete]
 # Pods of the managed Deployments: read-only, for status (unschedulable, image pull and
 # crash-loop problems). The operator-native autoscaler scrapes the Ready ones by pod IP
 # (no API call, so no rule; egress from the operator is not restricted).

@@ -20,6 +20,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from modeldeploy.api import SpecError, parse_adapter
 from modeldeploy.cli_common import (
     EXIT_INVALID,
     EXIT_OK,
@@ -106,6 +107,16 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         metavar="PEM",
         help="trusted certificates the signing certificate must chain to (repeatable)",
     )
+    parser.add_argument(
+        "--adapter",
+        dest="adapters",
+        action="append",
+        default=None,
+        metavar="JSON",
+        help="also fetch this LoRA adapter, an entry of spec.adapters as JSON "
+        '(e.g. \'{"name": "sql", "source": "hf://org/sql-lora", "revision": "abc"}\'); '
+        "repeatable, fetched after the model",
+    )
     parser.add_argument("--cache", required=True, type=Path, help="cache root directory")
     parser.add_argument(
         "--termination-log",
@@ -148,6 +159,18 @@ def _request(args: argparse.Namespace) -> FetchRequest:
     )
 
 
+def adapter_requests(items: list[str] | None) -> list[tuple[str, FetchRequest]]:
+    """(name, request) per ``--adapter JSON``; a CliError naming the bad one."""
+    requests = []
+    for item in items or []:
+        try:
+            adapter = parse_adapter(json.loads(item))
+        except (ValueError, SpecError) as error:
+            raise CliError(f"--adapter {item[:200]!r}: {error}") from None
+        requests.append((adapter.name, FetchRequest.from_adapter(adapter)))
+    return requests
+
+
 def trust_anchor(
     public_key: Path | None, certificate_chain: list[Path] | None, bundle: str | None
 ) -> TrustAnchor | None:
@@ -188,12 +211,22 @@ def run(args: argparse.Namespace) -> int:
             lock_heartbeat=max(0.05, min(5.0, args.lock_stale_after / 6)),
         )
         trust = trust_anchor(args.public_key, args.certificate_chain, request.signature)
+        adapters = adapter_requests(args.adapters)
         result = fetch(request, args.cache, options=options, trust=trust)
     except CliError as error:
         return _fail(args, str(error), INVALID_INPUT_REASON, EXIT_INVALID, secrets)
     except FetchError as error:
         return _fail(args, str(error), error.reason, error.exit_code, secrets)
+    fetched = []
+    for name, adapter in adapters:
+        try:
+            done = fetch(adapter, args.cache, options=options)
+        except FetchError as error:
+            return _fail(args, f"adapter {name}: {error}", error.reason, error.exit_code, secrets)
+        fetched.append({"name": name, "revision": done.revision, "files": len(done.files)})
     summary = result.summary()
+    if fetched:
+        summary["adapters"] = fetched
     _write_termination(args.termination_log, summary, secrets)
     print(redact(json.dumps(summary), secrets))
     return EXIT_OK

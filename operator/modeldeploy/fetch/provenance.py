@@ -90,6 +90,6 @@ def termination_message(payload: Mapping[str, Any], limit: int = TERMINATION_MES
         data["filesOmitted"] = int(data.get("filesOmitted", 0)) + 1
         text = json.dumps(data, separators=(",", ":"))
     if len(text.encode()) > limit:
-        kept = ("revision", "error", "signature")
+        kept = ("revision", "error", "reason", "signature", "adapters")
         text = json.dumps({k: data[k] for k in kept if k in data})[:limit]
     return text

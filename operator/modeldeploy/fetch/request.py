@@ -14,7 +14,9 @@ from modeldeploy.fetch.layout import selection_id
 from modeldeploy.fetch.uri import SourceURI, parse_source
 
 if TYPE_CHECKING:
-    from modeldeploy.api import ModelSource
+    from modeldeploy.api import Adapter, ModelSource
+
+ADAPTER_FORMAT = "adapter"  # the format of an adapter request: a GGUF LoRA or a PEFT pair
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,22 @@ class FetchRequest:
             digests=dict(model.digests),
             signature=model.signature.bundle if model.signature else None,
         )
+
+    @classmethod
+    def from_adapter(cls, adapter: Adapter, revision: str | None = None) -> FetchRequest:
+        """The request for one of ``spec.adapters`` (its files chosen as an adapter's)."""
+        return cls(
+            source=adapter.source,
+            revision=revision or adapter.revision,
+            format=ADAPTER_FORMAT,
+            files=tuple(adapter.files),
+            digests=dict(adapter.digests),
+        )
+
+    @property
+    def is_adapter(self) -> bool:
+        """Whether this request fetches a LoRA adapter rather than a model."""
+        return self.format == ADAPTER_FORMAT
 
     @property
     def uri(self) -> SourceURI:

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
+from modeldeploy.fetch.adapter_files import read_adapter_facts, select_adapter_files
 from modeldeploy.fetch.download import DownloadOptions, HttpLocation
 from modeldeploy.fetch.envvars import AMBIENT_CREDENTIALS_VAR, settings_from_env
 from modeldeploy.fetch.errors import (
@@ -42,9 +43,9 @@ from modeldeploy.fetch.uri import SourceURI
 from modeldeploy.resolution import ArtifactFile, Resolution, derive_revision, pin_mismatches
 
 if TYPE_CHECKING:
-    from modeldeploy.api import ModelSource
+    from modeldeploy.api import Adapter, ModelSource
 
-__all__ = ["FetchRequest", "read_range", "resolve", "resolve_model"]
+__all__ = ["FetchRequest", "read_range", "resolve", "resolve_adapter", "resolve_model"]
 
 log = logging.getLogger(__name__)
 
@@ -111,13 +112,16 @@ def _resolve(
     wanted = request.requested_revision
     listing = source.list(wanted, hints=request.files)
     check_listing(listing.files, uri.canonical)
-    selection = select_files(
-        listing.names(),
-        source=uri.canonical,
-        format=request.format,
-        quantization=request.quantization,
-        globs=request.files,
-    )
+    if request.is_adapter:
+        selection = select_adapter_files(listing.names(), uri.canonical, request.files)
+    else:
+        selection = select_files(
+            listing.names(),
+            source=uri.canonical,
+            format=request.format,
+            quantization=request.quantization,
+            globs=request.files,
+        )
     by_name = {f.name: f for f in listing.files}
     files = source.enrich([by_name[name] for name in selection.files])
     revision = listing.revision or derive_revision(listing.derived_kind, files)
@@ -149,19 +153,24 @@ def _resolve(
         license=listing.license,
         available_quantizations=selection.available_quantizations,
     )
-    if read_metadata:
-        try:
-            architecture = read_architecture(
-                lambda f, offset, length: read_range(source, revision, f, offset, length),
-                selection.format,
-                files,
-            )
-        except InvalidArtifactError as error:
-            raise error.within(f"{uri.canonical}@{revision}") from None
-        except (FetchError, ValueError, KeyError) as error:
-            log.warning("%s: could not read the model's architecture: %s", uri.canonical, error)
-            architecture = None
-        resolution = replace(resolution, architecture=architecture)
+    if not read_metadata:
+        return resolution
+
+    def read(f: ArtifactFile, offset: int, length: int) -> bytes:
+        return read_range(source, revision, f, offset, length)
+
+    try:
+        if request.is_adapter:
+            return replace(resolution, adapter=read_adapter_facts(read, selection.format, files))
+        architecture = read_architecture(read, selection.format, files)
+    except InvalidArtifactError as error:
+        raise error.within(f"{uri.canonical}@{revision}") from None
+    except (FetchError, ValueError, KeyError) as error:
+        if request.is_adapter:
+            raise
+        log.warning("%s: could not read the model's architecture: %s", uri.canonical, error)
+        architecture = None
+    resolution = replace(resolution, architecture=architecture)
     return resolution
 
 
@@ -180,9 +189,28 @@ def resolve_model(
     endpoint settings (``SETTINGS_VARS``). The operator's own cloud identity is never used
     for a user's source: without credentials, access is anonymous.
     """
-    if settings is None:
-        settings = settings_from_env(os.environ)
-    env = {**settings, **(credentials or {}), AMBIENT_CREDENTIALS_VAR: "false"}
+    env = _operator_env(credentials, settings)
     return resolve(
         FetchRequest.from_model(model), env=env, read_metadata=read_metadata, options=options
     )
+
+
+def _operator_env(
+    credentials: Mapping[str, str] | None, settings: Mapping[str, str] | None
+) -> dict[str, str]:
+    """The environment an operator-side resolution runs with: no ambient identity."""
+    if settings is None:
+        settings = settings_from_env(os.environ)
+    return {**settings, **(credentials or {}), AMBIENT_CREDENTIALS_VAR: "false"}
+
+
+def resolve_adapter(
+    adapter: Adapter,
+    *,
+    credentials: Mapping[str, str] | None = None,
+    settings: Mapping[str, str] | None = None,
+    options: DownloadOptions | None = None,
+) -> Resolution:
+    """Resolve one of ``spec.adapters`` like ``resolve_model``; ``adapter`` holds its facts."""
+    env = _operator_env(credentials, settings)
+    return resolve(FetchRequest.from_adapter(adapter), env=env, options=options)

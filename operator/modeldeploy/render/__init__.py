@@ -2,7 +2,8 @@
 
 This package owns the exact shape of every child object: the model-cache
 PersistentVolumeClaim (when ``cache.enabled``), the Deployment running the engine, and the
-Service in front of it, as plain dicts in that order (apply order). Every child carries
+Service in front of it, as plain dicts in that order (apply order); with
+``model_ingress_from`` set, the NetworkPolicy of ``render/network_policy.py``. Every child carries
 the labels of docs/architecture.md §1 and, when the ModelDeployment's uid is known, a controller
 ownerReference to it. Pods meet the ``restricted`` Pod Security Standard. The pod
 template's hash is recorded in ``modeldeploy.io/spec-hash`` on the Deployment and the pods.
@@ -22,6 +23,7 @@ import json
 import math
 from typing import Any, NamedTuple
 
+from modeldeploy.adapters import ResolvedAdapter, max_lora_rank
 from modeldeploy.api import GROUP_VERSION, KIND, ModelDeployment
 from modeldeploy.catalog import Accelerator
 from modeldeploy.config import OperatorConfig
@@ -30,6 +32,7 @@ from modeldeploy.provenance import Provenance, pod_annotations, provenance_annot
 from modeldeploy.render.autoscaler import render_autoscaler
 from modeldeploy.render.bom import render_bom_configmap
 from modeldeploy.render.fetch_init import fetch_init_container
+from modeldeploy.render.network_policy import render_network_policy
 from modeldeploy.resolution import Resolution
 from modeldeploy.runtimes import (
     PORT_NAME,
@@ -75,6 +78,9 @@ class RenderInputs(NamedTuple):
     # Where the served bytes come from (provenance.py): its modeldeploy.io/ annotations go
     # on the Deployment and, for the bytes themselves, on the pod template. None: none.
     provenance: Provenance | None = None
+    # spec.adapters as resolved (their revisions), in spec order; () before resolution or
+    # for pvc:// adapters, which the init container resolves itself.
+    adapters: tuple[ResolvedAdapter, ...] = ()
 
 
 def labels(name: str, component: str, engine: str) -> dict[str, str]:
@@ -116,6 +122,10 @@ def render_objects(inputs: RenderInputs) -> list[dict[str, Any]]:
     autoscaler = render_autoscaler(inputs)
     if autoscaler is not None:
         objects.append(autoscaler)
+    # Ingress only from the gateway and the operator (render/network_policy.py), when set.
+    network_policy = render_network_policy(inputs)
+    if network_policy is not None:
+        objects.append(network_policy)
     # The CycloneDX ML-BOM of what is served (render/bom.py), once provenance is known.
     if inputs.provenance is not None:
         objects.append(render_bom_configmap(inputs))
@@ -238,8 +248,13 @@ def render_container(inputs: RenderInputs) -> dict[str, Any]:
     runtime = runtime_for(placement.engine)
     user_env = [variable.model_dump() for variable in md.spec.serving.env]
     revision = resolution.revision if resolution else None
-    ours = model_env(md, placement, config, revision) + runtime.engine_env()
+    revisions = {a.name: a.resolution.revision for a in inputs.adapters}
+    ours = model_env(md, placement, config, revision, revisions) + runtime.engine_env()
     env = merge_env(ours, user_env)
+    args = list(md.spec.serving.args)
+    if md.spec.adapters:
+        loading = runtime.adapter_args(len(md.spec.adapters), max_lora_rank(inputs.adapters))
+        args = loading + args
     mounts = [
         {"name": "tmp", "mountPath": "/tmp"},
         {"name": CACHE_VOLUME, "mountPath": config.cache_mount_path},
@@ -251,7 +266,7 @@ def render_container(inputs: RenderInputs) -> dict[str, Any]:
         "image": runtime.image(config, gpu=placement.accelerator is Accelerator.GPU),
         "imagePullPolicy": config.image_pull_policy,
         "command": launcher_command(engine),
-        "args": runtime.engine_args(placement, md.served_name, list(md.spec.serving.args), config),
+        "args": runtime.engine_args(placement, md.served_name, args, config),
         "env": env,
         "ports": [{"name": PORT_NAME, "containerPort": config.port, "protocol": "TCP"}],
         "resources": {"requests": dict(placement.requests), "limits": dict(placement.limits)},
@@ -268,6 +283,8 @@ def _fetch_init(inputs: RenderInputs) -> tuple[dict[str, Any], list[Any]]:
     md, config, resolution = inputs.md, inputs.config, inputs.resolution
     return fetch_init_container(
         md.spec.model,
+        adapters=md.spec.adapters,
+        adapter_revisions={a.name: a.resolution.revision for a in inputs.adapters},
         image=config.operator_image,
         cache_mount_path=config.cache_mount_path,
         cache_volume=CACHE_VOLUME,
@@ -363,7 +380,7 @@ def deployment_replicas(inputs: RenderInputs) -> int | None:
     if inputs.replicas is not None:
         return inputs.replicas
     if autoscaling.enabled:
-        return clamp(inputs.md.spec.replicas, autoscaling)
+        return clamp(inputs.md.spec.replicas, autoscaling, inputs.config.scale_to_zero)
     return inputs.md.spec.replicas
 
 

@@ -12,13 +12,15 @@ of the document when not given), so an unchanged world renders the same bytes.
 from __future__ import annotations
 
 import datetime
+import functools
+import hashlib
 import json
 from typing import Any
 
 # The package itself rather than names from it: render/__init__.py may import this module
 # before it has defined them (as render/autoscaler.py does).
 from modeldeploy import render
-from modeldeploy.bom import RuntimeFacts, build_bom
+from modeldeploy.bom import BOM_CACHE_SIZE, RuntimeFacts, build_bom
 from modeldeploy.catalog import Accelerator
 from modeldeploy.config import OperatorConfig
 from modeldeploy.decision import Placement
@@ -57,6 +59,7 @@ def render_bom(
         inputs.resolution,
         runtime_facts(inputs.placement, inputs.config),
         provenance,
+        adapters=inputs.adapters,
         timestamp=timestamp,
     )
 
@@ -72,6 +75,24 @@ def render_bom_configmap(
         md, bom_config_map_name(md.name), COMPONENT_BOM, str(inputs.placement.engine)
     )
     metadata["annotations"] = provenance_annotations(provenance) | {
-        ANNOTATION_BOM_SERIAL: str(json.loads(text)["serialNumber"])
+        ANNOTATION_BOM_SERIAL: _serial_number(text)
     }
     return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": metadata, "data": {BOM_KEY: text}}
+
+
+def bom_hash(config_map: dict[str, Any]) -> str:
+    """A stable hash of a rendered ML-BOM ConfigMap (its metadata and its document)."""
+    text = str((config_map.get("data") or {}).get(BOM_KEY, ""))
+    return render.spec_hash({**config_map, "data": {BOM_KEY: _digest(text)}})
+
+
+# The document is built once per distinct inputs (``bom.build_bom``, as many kept), so
+# every pass of a settled ModelDeployment renders the same string: read and hash it once.
+@functools.lru_cache(maxsize=BOM_CACHE_SIZE)
+def _serial_number(text: str) -> str:
+    return str(json.loads(text)["serialNumber"])
+
+
+@functools.lru_cache(maxsize=BOM_CACHE_SIZE)
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()

@@ -11,10 +11,11 @@ from its Secret or ConfigMap (the operator itself never reads it) and passed as 
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+import json
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from modeldeploy.api import ModelSource
+from modeldeploy.api import Adapter, ModelSource
 from modeldeploy.artifacts import INIT_CONTAINER
 from modeldeploy.config import CONTAINER_SECURITY_CONTEXT
 from modeldeploy.fetch.envvars import GCS_KEY_FILE, SECRET_KEYS
@@ -30,6 +31,7 @@ __all__ = [
     "SIGNATURE_VOLUME",
     "SOURCE_VOLUME",
     "TERMINATION_LOG",
+    "adapter_argument",
     "fetch_command",
     "fetch_env",
     "fetch_init_container",
@@ -54,10 +56,13 @@ def fetch_command(
     cache_dir: str,
     *,
     revision: str | None = None,
+    adapters: Sequence[Adapter] = (),
+    adapter_revisions: Mapping[str, str] | None = None,
     termination_log: str = TERMINATION_LOG,
     executable: tuple[str, ...] = ("modeldeploy",),
 ) -> list[str]:
-    """The init container's command line; pass the resolved ``revision`` from status.artifact."""
+    """The init container's command line; pass the resolved ``revision`` from status.artifact
+    (and the adapters' resolved revisions by name)."""
     argv = [*executable, "fetch", "--source", model.source, "--cache", cache_dir]
     pinned = revision or model.revision
     if pinned:
@@ -71,8 +76,20 @@ def fetch_command(
     for name, digest in sorted(model.digests.items()):
         argv += ["--digest", f"{name}={digest}"]
     argv += signature_args(model)
+    revisions = adapter_revisions or {}
+    for adapter in adapters:
+        argv += ["--adapter", adapter_argument(adapter, revisions.get(adapter.name))]
     argv += ["--termination-log", termination_log]
     return argv
+
+
+def adapter_argument(adapter: Adapter, revision: str | None = None) -> str:
+    """One ``--adapter`` value: the adapter as compact JSON, at its resolved revision."""
+    fields = adapter.model_dump(mode="json", by_alias=True, exclude_none=True, exclude={"scale"})
+    fields = {key: value for key, value in fields.items() if value not in ([], {})}
+    if revision:
+        fields["revision"] = revision
+    return json.dumps(fields, sort_keys=True, separators=(",", ":"))
 
 
 def signature_args(model: ModelSource, mount: str = SIGNATURE_MOUNT) -> list[str]:
@@ -112,11 +129,14 @@ def fetch_signature_volume(model: ModelSource) -> tuple[dict[str, Any], dict[str
     return volume, mount
 
 
-def fetch_env(model: ModelSource) -> list[dict[str, Any]]:
-    """Env entries for the init container: the scheme's credential keys from the Secret."""
+def fetch_env(model: ModelSource, adapters: Sequence[Adapter] = ()) -> list[dict[str, Any]]:
+    """Env entries for the init container: the credential keys, from the Secret, of every
+    scheme the model and its adapters come from."""
     if model.credentials_secret is None:
         return []
     scheme = parse_source(model.source).scheme
+    schemes = [scheme] + [parse_source(a.source).scheme for a in adapters]
+    keys = dict.fromkeys(key for s in schemes for key in SECRET_KEYS.get(s, ()))
     env: list[dict[str, Any]] = [
         {
             "name": key,
@@ -124,7 +144,7 @@ def fetch_env(model: ModelSource) -> list[dict[str, Any]]:
                 "secretKeyRef": {"name": model.credentials_secret, "key": key, "optional": True}
             },
         }
-        for key in SECRET_KEYS.get(scheme, ())
+        for key in keys
     ]
     if scheme == "gs":
         env.append(
@@ -157,6 +177,8 @@ def served_path(cache_dir: str, source: str, revision: str, primary_file: str = 
 def fetch_init_container(
     model: ModelSource,
     *,
+    adapters: Sequence[Adapter] = (),
+    adapter_revisions: Mapping[str, str] | None = None,
     image: str,
     cache_mount_path: str,
     cache_volume: str = "model-cache",
@@ -176,7 +198,13 @@ def fetch_init_container(
     trust anchor from its Secret or ConfigMap; ``security_context`` is the model pods'
     container one (``OperatorConfig``).
     """
-    argv = fetch_command(model, cache_mount_path, revision=revision)
+    argv = fetch_command(
+        model,
+        cache_mount_path,
+        revision=revision,
+        adapters=adapters,
+        adapter_revisions=adapter_revisions,
+    )
     mounts: list[dict[str, Any]] = [
         {"name": tmp_volume, "mountPath": "/tmp"},
         {"name": cache_volume, "mountPath": cache_mount_path},
@@ -186,12 +214,15 @@ def fetch_init_container(
         if extra is not None:
             volumes.append(extra[0])
             mounts.append(extra[1])
-    uri = parse_source(model.source)
-    if uri.scheme == "pvc":
-        claim = {"claimName": uri.authority, "readOnly": True}
-        volumes.append({"name": SOURCE_VOLUME, "persistentVolumeClaim": claim})
-        mount = f"{PVC_SOURCE_ROOT}/{uri.authority}"
-        mounts.append({"name": SOURCE_VOLUME, "mountPath": mount, "readOnly": True})
+    # Each pvc:// claim the model or an adapter comes from, mounted read-only once.
+    sources = [parse_source(s) for s in (model.source, *(a.source for a in adapters))]
+    claims = dict.fromkeys(uri.authority for uri in sources if uri.scheme == "pvc")
+    for index, claim_name in enumerate(claims):
+        name = SOURCE_VOLUME if index == 0 else f"{SOURCE_VOLUME}-{index}"
+        claim = {"claimName": claim_name, "readOnly": True}
+        volumes.append({"name": name, "persistentVolumeClaim": claim})
+        mount = f"{PVC_SOURCE_ROOT}/{claim_name}"
+        mounts.append({"name": name, "mountPath": mount, "readOnly": True})
     env = [{"name": k, "value": v} for k, v in sorted((settings or {}).items())]
     container = {
         "name": INIT_CONTAINER,
@@ -199,7 +230,7 @@ def fetch_init_container(
         "imagePullPolicy": image_pull_policy,
         "command": argv[:2],
         "args": argv[2:],
-        "env": [*env, *fetch_env(model), {"name": "HOME", "value": "/tmp"}],
+        "env": [*env, *fetch_env(model, adapters), {"name": "HOME", "value": "/tmp"}],
         "resources": {
             "requests": {"cpu": "500m", "memory": "256Mi"},
             "limits": {"memory": "512Mi"},

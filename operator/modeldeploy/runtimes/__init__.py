@@ -17,11 +17,15 @@ e.g. ``llama-server -m <first .gguf shard> --host <addr> ENGINE_ARGS`` or
 ``vllm serve <model directory> --host <addr> ENGINE_ARGS``. The model path is the
 launcher's to add because it is only known once the revision is resolved and the files are
 fetched; the bind address because it is the pod's IP (``POD_IP``, from the downward API).
+The same holds for LoRA adapters (``MODELDEPLOY_ADAPTERS``): the launcher finds each in the
+cache and the runtime adds its path (``LaunchRequest.adapters``).
 """
 
 from __future__ import annotations
 
+import json
 import math
+from collections.abc import Mapping
 from typing import Any
 
 from modeldeploy.api import ModelDeployment
@@ -38,6 +42,10 @@ from modeldeploy.runtimes.base import (
     probe_host,
 )
 from modeldeploy.sizing import GIB
+
+# The adapters the launcher looks for in the cache: a JSON list of {name, source, revision,
+# scale} in spec order (model_env).
+ADAPTERS_ENV = "MODELDEPLOY_ADAPTERS"
 
 __all__ = [
     "RUNTIMES",
@@ -121,10 +129,13 @@ def model_env(
     placement: Placement,
     config: OperatorConfig,
     revision: str | None = None,
+    adapter_revisions: Mapping[str, str] | None = None,
 ) -> list[dict[str, Any]]:
-    """What the launcher needs: the model (source, revision, files, cache), pod IP, drain.
+    """What the launcher needs: the model (source, revision, files, cache), pod IP, drain,
+    and the adapters (``ADAPTERS_ENV``: name, source, revision, scale, in spec order).
 
-    ``revision`` is the resolved one the init container fetched; else the spec's.
+    ``revision`` is the resolved one the init container fetched; else the spec's; the same
+    for each adapter in ``adapter_revisions``.
     """
     model = md.spec.model
     revision = revision or model.revision
@@ -142,6 +153,19 @@ def model_env(
         env.insert(1, {"name": "MODELDEPLOY_MODEL_REVISION", "value": revision})
     if model.files:
         env.append({"name": "MODELDEPLOY_MODEL_FILES", "value": ",".join(model.files)})
+    if md.spec.adapters:
+        revisions = adapter_revisions or {}
+        entries = [
+            {
+                "name": a.name,
+                "source": a.source,
+                "revision": revisions.get(a.name) or a.revision,
+                "scale": a.scale,
+            }
+            for a in md.spec.adapters
+        ]
+        listed = [{k: v for k, v in entry.items() if v is not None} for entry in entries]
+        env.append({"name": ADAPTERS_ENV, "value": json.dumps(listed, separators=(",", ":"))})
     return env
 
 

@@ -58,6 +58,14 @@ class ChatFacts:
 
 
 @dataclass(frozen=True)
+class LaunchAdapter:
+    """A LoRA adapter the launcher found in the cache: its served name and its path."""
+
+    name: str
+    path: Path
+
+
+@dataclass(frozen=True)
 class LaunchRequest:
     """What the launcher knows when it completes the engine's command line.
 
@@ -72,6 +80,7 @@ class LaunchRequest:
     host: str
     threads: Callable[[], int]
     chat_facts: Callable[[], ChatFacts | None]
+    adapters: Sequence[LaunchAdapter] = ()  # spec.adapters in spec order
 
 
 class Runtime(Protocol):
@@ -100,6 +109,9 @@ class Runtime(Protocol):
     # llama.cpp-style settings the planner fills: CPU threads and GPU layer offload.
     plans_threads: bool
     offloads_layers: bool
+    # True when the engine cannot route a request's "model" to an adapter itself, so the
+    # launcher puts the adapter router (serve/adapter_router.py) in front of it.
+    routes_adapters_outside: bool
 
     def image(self, config: OperatorConfig, gpu: bool) -> str:
         """The runtime image for a CPU or GPU placement."""
@@ -143,6 +155,11 @@ class Runtime(Protocol):
 
     def engine_env(self) -> list[dict[str, str]]:
         """Environment the engine needs beyond the shared variables."""
+        ...
+
+    def adapter_args(self, count: int, max_rank: int) -> list[str]:
+        """Flags that make the engine ready for ``count`` LoRA adapters of rank <= max_rank
+        (their paths are added at launch, ``launch_argv``)."""
         ...
 
     def model_file(self, names: Sequence[str]) -> str | None:
@@ -254,6 +271,10 @@ class TensorParallelGpuRuntime:
     serves_single_file = False
     plans_threads = False
     offloads_layers = False
+    routes_adapters_outside = False
+    # Each engine's LoRA flags: how many adapter slots, and the NAME=PATH list.
+    lora_slots_flag: str
+    lora_modules_flag: str
     # vLLM's CUDA kernels (and SGLang's, built on the same) need Volta or newer.
     min_gpu_generation = (7, 0)
     shm_bytes_per_gpu = 2 * 1024**3
@@ -316,8 +337,22 @@ class TensorParallelGpuRuntime:
         """Offline, then the engine's own variables (telemetry off, caches in /tmp)."""
         return [{"name": name, "value": value} for name, value in self.offline_env + self.own_env]
 
+    def adapter_args(self, count: int, max_rank: int) -> list[str]:
+        """LoRA on, one GPU slot per adapter (all resident), slots sized for ``max_rank``."""
+        return [
+            "--enable-lora",
+            self.lora_slots_flag,
+            str(count),
+            "--max-lora-rank",
+            str(max_rank),
+        ]
+
     def launch_argv(self, request: LaunchRequest) -> list[str]:
-        """The engine's command line around the model directory and the bind address."""
-        return self.command_line(
+        """The engine's command line around the model directory and the bind address, then
+        each adapter's NAME=PATH (the engine serves it under NAME)."""
+        argv = self.command_line(
             request.binary, str(request.model), request.args, host=request.host
         )
+        if request.adapters:
+            argv += [self.lora_modules_flag, *(f"{a.name}={a.path}" for a in request.adapters)]
+        return argv

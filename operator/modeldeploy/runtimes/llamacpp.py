@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from modeldeploy.catalog import Engine, QuantizationInfo
-from modeldeploy.runtimes.base import LaunchRequest, LoadGauges, has_flag
+from modeldeploy.runtimes.base import LaunchAdapter, LaunchRequest, LoadGauges, has_flag
 from modeldeploy.sizing import GIB, ModelArchitecture, SizingRules
 
 if TYPE_CHECKING:
@@ -72,6 +72,20 @@ def engine_args(
         "--metrics",
         *user_args,
     ]
+
+
+def lora_scaled(adapters: Sequence[LaunchAdapter]) -> str:
+    """``--lora-scaled``'s value: every adapter at global scale 0, ids in spec order.
+
+    A request applies an adapter by naming it (the adapter router sets its ``lora`` field);
+    at scale 0 nothing else does, embeddings included. ``--lora-init-without-apply`` would
+    say the same, but this build leaves the global scale at 1 with it (llama.cpp issue
+    28674). The value is ``FILE:SCALE,...``, so a path may hold neither ":" nor ",".
+    """
+    for adapter in adapters:
+        if any(c in str(adapter.path) for c in ":,"):
+            raise ValueError(f"adapter {adapter.name}: llama-server cannot load {adapter.path}")
+    return ",".join(f"{adapter.path}:0" for adapter in adapters)
 
 
 def template_path(name: str) -> Path:
@@ -156,6 +170,9 @@ class LlamaCpp:
     serves_single_file = True
     plans_threads = True
     offloads_layers = True
+    # llama-server serves one model under one name; a request picks adapters with its
+    # "lora" field, which the adapter router fills from the "model" name.
+    routes_adapters_outside = True
 
     def image(self, config: OperatorConfig, gpu: bool) -> str:
         """The portable CPU build, or the CUDA build for GPU placements."""
@@ -201,12 +218,16 @@ class LlamaCpp:
         """llama.cpp needs nothing beyond the shared variables."""
         return []
 
+    def adapter_args(self, count: int, max_rank: int) -> list[str]:
+        """Nothing at render time: the launcher loads the adapters at scale 0 (any rank)."""
+        return []
+
     def model_file(self, names: Sequence[str]) -> str | None:
         """The GGUF to pass to ``-m`` (shard 1 of a split model)."""
         return first_shard(names)
 
     def launch_argv(self, request: LaunchRequest) -> list[str]:
-        """``llama-server -m MODEL --host HOST [--threads N] [chat template] ARGS``."""
+        """``llama-server -m MODEL --host HOST [--threads N] [template] ARGS [--lora-scaled]``."""
         args, env = request.args, request.env
         threads = None
         if not has_flag(args, *THREAD_FLAGS) and not env.get("LLAMA_ARG_THREADS"):
@@ -216,7 +237,7 @@ class LlamaCpp:
             facts = request.chat_facts()
             if facts is not None:
                 template = chat_template_for(facts.architecture, facts.has_chat_template, args, env)
-        return launch_argv(
+        argv = launch_argv(
             request.binary,
             str(request.model),
             args,
@@ -224,6 +245,9 @@ class LlamaCpp:
             threads=threads,
             chat_template=template,
         )
+        if not request.adapters:
+            return argv
+        return [*argv, "--lora-scaled", lora_scaled(request.adapters)]
 
 
 RUNTIME = LlamaCpp()

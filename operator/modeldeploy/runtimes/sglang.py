@@ -81,6 +81,10 @@ class SGLang(TensorParallelGpuRuntime):
     )
     default_port = DEFAULT_PORT
     load_gauges = LOAD_GAUGES
+    # ServerArgs (sglang/srt/server_args.py): NAME=PATH entries; an OpenAI request reaches
+    # one as "model": "BASE:NAME" (docs.sglang.io, LoRA serving).
+    lora_slots_flag = "--max-loras-per-batch"
+    lora_modules_flag = "--lora-paths"
     # Beside the offline variables: caches in /tmp (the root filesystem is read-only).
     own_env = (("XDG_CACHE_HOME", "/tmp/cache"), ("TRITON_CACHE_DIR", "/tmp/triton"))
     flags = staticmethod(plan_flags)

@@ -79,6 +79,10 @@ class VLLM(TensorParallelGpuRuntime):
     missing_binary_hint = "vllm not found on PATH (install vLLM, or set MODELDEPLOY_VLLM)"
     default_port = 8000
     load_gauges = LOAD_GAUGES
+    # LoRAConfig (vllm/config/lora.py) and the OpenAI server's LoRAParserAction: NAME=PATH
+    # entries, served under NAME in /v1/models and by a request's "model".
+    lora_slots_flag = "--max-loras"
+    lora_modules_flag = "--lora-modules"
     # Beside the offline variables: no usage statistics, caches in /tmp (read-only root).
     own_env = (
         ("VLLM_NO_USAGE_STATS", "1"),

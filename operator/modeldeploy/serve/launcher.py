@@ -4,15 +4,20 @@ Reads the container's environment (``MODELDEPLOY_*`` from the renderer, ``POD_IP
 the downward API), finds the model in the cache, completes the engine's command line with
 ``runtimes.<engine>.launch_argv`` (model path, bind address, threads from the CPU limit, a
 chat template where the GGUF lacks one) and supervises the engine (``supervisor``).
+With LoRA adapters (``MODELDEPLOY_ADAPTERS``) it adds their paths; for an engine that cannot
+route a request's ``model`` to an adapter (llama.cpp) it runs the adapter router
+(``adapter_router``) on the rendered port and the engine on a loopback port behind it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shlex
 import shutil
-from collections.abc import Callable, Mapping, Sequence
+import socket
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from modeldeploy.paths import cache_root
@@ -25,7 +30,13 @@ from modeldeploy.runtimes.base import (
     flag_value,
     probe_host,
 )
-from modeldeploy.serve.model import model_location, read_chat_facts
+from modeldeploy.serve.adapter_router import AdapterRoute, AdapterRouter, RouteTable
+from modeldeploy.serve.model import (
+    ModelNotFoundError,
+    adapter_locations,
+    model_location,
+    read_chat_facts,
+)
 from modeldeploy.serve.supervisor import (
     Endpoint,
     Supervisor,
@@ -44,12 +55,30 @@ class LaunchError(Exception):
 
 
 @dataclass(frozen=True)
+class RouterPlan:
+    """The adapter router in front of an engine that cannot route adapters by name."""
+
+    table: RouteTable
+    listen_hosts: tuple[str, ...]
+    listen_port: int
+
+
+@dataclass(frozen=True)
 class Launch:
-    """The engine's command line and how to reach it."""
+    """The engine's command line, how to reach it, and the router in front of it (if any)."""
 
     argv: list[str]
-    endpoint: Endpoint
+    endpoint: Endpoint  # the engine itself (health, drain gauges)
     drain_seconds: float
+    router: RouterPlan | None = None
+
+    @property
+    def public(self) -> Endpoint:
+        """Where clients connect: the router when there is one, else the engine."""
+        if self.router is None:
+            return self.endpoint
+        host = probe_host(",".join(self.router.listen_hosts))
+        return Endpoint(host, self.router.listen_port, self.endpoint.busy_gauges)
 
 
 def engine_binary(engine: str, env: Mapping[str, str]) -> str:
@@ -100,6 +129,21 @@ def plan_launch(engine: str, args: Sequence[str], env: Mapping[str, str]) -> Lau
     except ValueError:
         raise LaunchError("MODELDEPLOY_DRAIN_SECONDS must be a number of seconds") from None
 
+    try:
+        found = adapter_locations(env, runtime)
+    except ModelNotFoundError as error:
+        raise LaunchError(str(error)) from None
+    router = None
+    engine_host, engine_args = host, list(args)
+    if found and runtime.routes_adapters_outside:
+        # The router takes the rendered port; the engine listens on loopback behind it.
+        served = env.get("MODELDEPLOY_SERVED_NAME") or "model"
+        routes = tuple(AdapterRoute(f.adapter.name, i, f.scale) for i, f in enumerate(found))
+        hosts = tuple(h.strip() for h in host.split(",") if h.strip())
+        router = RouterPlan(RouteTable(served, routes), hosts, port)
+        engine_host, port = "127.0.0.1", free_loopback_port()
+        engine_args += ["--host", engine_host, "--port", str(port)]
+
     def chat_facts() -> ChatFacts | None:
         try:
             return read_chat_facts(model)
@@ -107,18 +151,54 @@ def plan_launch(engine: str, args: Sequence[str], env: Mapping[str, str]) -> Lau
             log.warning("could not read %s's header: %s", model, error)
             return None
 
-    argv = runtime.launch_argv(
-        LaunchRequest(
-            binary=binary,
-            model=model,
-            args=args,
-            env=env,
-            host=host,
-            threads=lambda: cpu_threads(current_cpu_max(), available_cpus()),
-            chat_facts=chat_facts,
-        )
+    request = LaunchRequest(
+        binary=binary,
+        model=model,
+        args=engine_args,
+        env=env,
+        host=engine_host,
+        threads=lambda: cpu_threads(current_cpu_max(), available_cpus()),
+        chat_facts=chat_facts,
+        adapters=[f.adapter for f in found],
     )
-    return Launch(argv, Endpoint(probe_host(host), port, runtime.load_gauges.busy), drain)
+    try:
+        argv = runtime.launch_argv(request)
+    except ValueError as error:  # an adapter path the engine cannot take
+        raise LaunchError(str(error)) from None
+    endpoint = Endpoint(probe_host(engine_host), port, runtime.load_gauges.busy)
+    return Launch(argv, endpoint, drain, router)
+
+
+def free_loopback_port() -> int:
+    """A TCP port free on 127.0.0.1 now (the engine binds it a moment later)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@contextlib.contextmanager
+def adapter_routers(plan: RouterPlan | None, engine: Endpoint) -> Iterator[None]:
+    """Run the adapter router on each listen address while the engine runs."""
+    if plan is None:
+        yield
+        return
+    routers = [
+        AdapterRouter(
+            plan.table,
+            listen_host=listen,
+            listen_port=plan.listen_port,
+            upstream_host=engine.host,
+            upstream_port=engine.port,
+        )
+        for listen in plan.listen_hosts
+    ]
+    try:
+        for router in routers:
+            router.start()
+        yield
+    finally:
+        for router in routers:
+            router.stop()
 
 
 def serve_runtime(
@@ -134,6 +214,7 @@ def serve_runtime(
     supervisor = Supervisor(launch.argv, env, launch.endpoint, drain_seconds=launch.drain_seconds)
     ready = None if on_ready is None else (lambda: on_ready(launch))
     try:
-        return supervisor.run(on_ready=ready)
+        with adapter_routers(launch.router, launch.endpoint):
+            return supervisor.run(on_ready=ready)
     except OSError as error:  # the engine could not be executed at all
         raise LaunchError(f"cannot start {launch.argv[0]}: {error}") from None

@@ -2,7 +2,8 @@
 
 The same path a pod takes, run here: the spec is validated, planned against this machine
 (``machine.local_node``) and refused if it cannot run here; the fetcher brings the artifact
-into a local cache; the planner runs again with the real architecture; the renderer
+and its LoRA adapters (each checked against the base, ``adapters.adapter_problems``) into a
+local cache; the planner runs again with the real architecture; the renderer
 produces the container the operator would deploy, and its command runs through the same
 launcher (``launcher.serve_runtime``) with the cache, the model path and the bind address
 of this machine. When ``/health`` answers, the OpenAI base URL is printed on stdout (one
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from modeldeploy.adapters import ResolvedAdapter, adapter_bytes, adapter_problems
 from modeldeploy.api import ModelDeployment
 from modeldeploy.catalog import ENGINES_FOR_FORMAT, Format
 from modeldeploy.config import OperatorConfig
@@ -31,6 +33,7 @@ from modeldeploy.fetch.gguf_header import load_hf_config
 from modeldeploy.paths import cache_root
 from modeldeploy.placement import plan_placement
 from modeldeploy.render import RenderInputs, render_container
+from modeldeploy.resolution import ArtifactFile, Resolution
 from modeldeploy.runtimes import POD_IP_ENV, runtime_for
 from modeldeploy.serve.launcher import Launch, LaunchError, engine_binary, serve_runtime
 from modeldeploy.serve.machine import local_node
@@ -71,10 +74,11 @@ def _plan_here(
     node: dict[str, Any],
     config: OperatorConfig,
     artifact: ModelArchitecture | None,
+    adapter_bytes: int = 0,
 ) -> Placement | None:
     """Plan on this machine; None when the size is only known from the artifact."""
     try:
-        return plan_placement(md.spec, [node], config, artifact)
+        return plan_placement(md.spec, [node], config, artifact, adapter_bytes=adapter_bytes)
     except PlacementRefusal as refusal:
         if artifact is None and refusal.field_path == "spec.model.parameters":
             return None
@@ -131,7 +135,15 @@ def prepare(
     runtime = runtime_for(first.engine if first else ENGINES_FOR_FORMAT[Format(fmt)][0])
     served_file = runtime.model_file(names)
     model_path = result.path / served_file if served_file else result.path
-    placement = _plan_here(md, node, config, _artifact(fmt, model_path))
+    architecture = _artifact(fmt, model_path)
+    adapters = fetch_adapters(md, cache, env)
+    base = Resolution(
+        md.spec.model.source, result.revision, fmt, None, (), architecture=architecture
+    )
+    problems = adapter_problems(base, adapters)
+    if problems:
+        raise LocalServeError("; ".join(problems))
+    placement = _plan_here(md, node, config, architecture, adapter_bytes(adapters))
     assert placement is not None
     engine = str(placement.engine)
     try:
@@ -155,6 +167,34 @@ def prepare(
     return Prepared(placement, engine, list(container["args"]), run_env, model_path)
 
 
+def fetch_adapters(md: ModelDeployment, cache: Path, env: dict[str, str]) -> list[ResolvedAdapter]:
+    """Fetch and verify each of ``spec.adapters`` into the cache, reading what each says."""
+    from modeldeploy.fetch import FetchError, FetchRequest, fetch
+    from modeldeploy.fetch.adapter_files import read_adapter_facts
+
+    adapters = []
+    for adapter in md.spec.adapters:
+        try:
+            done = fetch(FetchRequest.from_adapter(adapter), cache, env=env)
+        except FetchError as error:
+            raise LocalServeError(f"fetch of adapter {adapter.name} failed: {error}") from None
+        files = tuple(ArtifactFile(f.name, f.size, f.sha256) for f in done.files)
+        fmt = "gguf" if any(f.name.lower().endswith(".gguf") for f in files) else "peft"
+
+        def read(file: ArtifactFile, offset: int, length: int, root: Path = done.path) -> bytes:
+            with (root / file.name).open("rb") as handle:
+                handle.seek(offset)
+                return handle.read(length)
+
+        try:
+            facts = read_adapter_facts(read, fmt, files)
+        except (OSError, FetchError) as error:
+            raise LocalServeError(f"adapter {adapter.name}: {error}") from None
+        resolution = Resolution(adapter.source, done.revision, fmt, None, files, adapter=facts)
+        adapters.append(ResolvedAdapter(adapter.name, adapter.scale, resolution))
+    return adapters
+
+
 def serve_local(
     md: ModelDeployment, *, cache: Path, host: str, port: int, trust: TrustAnchor | None = None
 ) -> int:
@@ -172,7 +212,7 @@ def serve_local(
     )
 
     def ready(launch: Launch) -> None:
-        base = launch.endpoint.url("/v1")
+        base = launch.public.url("/v1")
         body = (
             '{"model": "' + md.served_name + '", "messages": '
             '[{"role": "user", "content": "Hello"}]}'

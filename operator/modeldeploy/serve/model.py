@@ -5,6 +5,7 @@ The fetcher (``modeldeploy.fetch``) publishes each selection under
 listing its files. The launcher never writes the cache: it takes ``MODELDEPLOY_MODEL_PATH``
 when the pod names the path outright, else it picks the complete selection of the source
 that matches the revision, format and quantization it was given (the newest if several do).
+LoRA adapters (``MODELDEPLOY_ADAPTERS``) are found the same way, by source and revision.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from modeldeploy.adapters import DEFAULT_SCALE
 from modeldeploy.fetch.cache import CacheEntry
 from modeldeploy.fetch.errors import FetchError
 from modeldeploy.fetch.gguf_header import (
@@ -26,7 +28,8 @@ from modeldeploy.fetch.gguf_header import (
 )
 from modeldeploy.fetch.layout import META_DIR, source_key
 from modeldeploy.fetch.uri import parse_source
-from modeldeploy.runtimes.base import ChatFacts, Runtime
+from modeldeploy.runtimes import ADAPTERS_ENV
+from modeldeploy.runtimes.base import ChatFacts, LaunchAdapter, Runtime
 from modeldeploy.sizing import ModelArchitecture
 
 
@@ -166,3 +169,39 @@ def read_gguf_info(path: Path) -> GgufInfo:
         architecture=gguf_architecture(header, path.stat().st_size),
         has_chat_template=bool(header.value("tokenizer.chat_template")),
     )
+
+
+@dataclass(frozen=True)
+class FoundAdapter:
+    """An adapter of ``MODELDEPLOY_ADAPTERS`` found in the cache, with its scale."""
+
+    adapter: LaunchAdapter
+    scale: float
+
+
+def adapter_locations(env: Mapping[str, str], runtime: Runtime) -> list[FoundAdapter]:
+    """Each adapter ``MODELDEPLOY_ADAPTERS`` lists, found in the cache (spec order kept)."""
+    text = env.get(ADAPTERS_ENV)
+    if not text:
+        return []
+    cache = env.get("MODELDEPLOY_CACHE_DIR")
+    try:
+        entries = json.loads(text)
+    except ValueError:
+        raise ModelNotFoundError(f"{ADAPTERS_ENV} is not JSON") from None
+    if not cache or not isinstance(entries, list):
+        raise ModelNotFoundError(f"{ADAPTERS_ENV} needs MODELDEPLOY_CACHE_DIR and a JSON list")
+    found = []
+    for entry in entries:
+        name, source = str(entry.get("name") or ""), str(entry.get("source") or "")
+        published = find_published(Path(cache), source, revision=entry.get("revision"))
+        where = f"adapter {name}"
+        path = published.path
+        if runtime.serves_single_file:
+            ggufs = [n for n in published.files if n.lower().endswith(".gguf")]
+            if len(ggufs) != 1:
+                raise ModelNotFoundError(f"{where}: expected one .gguf among {published.files}")
+            path = path / ggufs[0]
+        scale = float(entry.get("scale") or DEFAULT_SCALE)
+        found.append(FoundAdapter(LaunchAdapter(name, path), scale))
+    return found

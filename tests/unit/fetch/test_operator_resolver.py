@@ -7,7 +7,10 @@ does not cure, and reads the credentials Secret without letting its value out.
 
 from __future__ import annotations
 
+import concurrent.futures
 import copy
+import threading
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -17,7 +20,11 @@ from tests.unit.fetch.payloads import GgufFactory
 from tests.unit.fetch.standins import HubStandin
 
 from modeldeploy.artifacts import artifact_status
-from modeldeploy.resolver import REFUSAL_RECHECK_S, RETRY_FIRST_S, ArtifactResolver
+from modeldeploy.resolver import (
+    REFUSAL_RECHECK_S,
+    RETRY_FIRST_S,
+    ArtifactResolver,
+)
 
 REPO = "acme/Private-Tiny-GGUF"
 SECRET = "hub-token"
@@ -105,6 +112,54 @@ def test_resolves_once_per_spec_model_with_the_token_from_the_secret(
     assert again is not None and again.resolution is not None
     assert [f.name for f in again.resolution.files] == ["tiny-Q8_0.gguf"]
     assert hub_calls(hub) == 2
+
+
+def copy_of(md: dict[str, Any], uid: str, namespace: str = "ns") -> dict[str, Any]:
+    """Another ModelDeployment with the same spec."""
+    other = copy.deepcopy(md)
+    other["metadata"].update(uid=uid, name=uid, namespace=namespace)
+    return other
+
+
+def test_model_deployments_asking_for_one_model_at_once_share_one_resolution(
+    hub: HubStandin, repo: dict[str, bytes]
+) -> None:
+    clock = Clock()
+    resolver = ArtifactResolver(
+        Secrets({SECRET: {"HF_TOKEN": HUB_TOKEN}}), {"HF_ENDPOINT": hub.url}, clock=clock
+    )
+    md = model_deployment()
+    hub.gate = threading.Event()  # the first resolution's header read waits
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        states = [pool.submit(resolver.state_for, copy_of(md, f"uid-{i}")) for i in range(4)]
+        deadline = time.monotonic() + 10
+        while hub.waiting < 1:
+            assert time.monotonic() < deadline, "no header read reached the Hub"
+            time.sleep(0.01)
+        hub.gate.set()
+        outcomes = [future.result(timeout=30) for future in states]
+    assert all(o is not None and o.reason == "Resolved" for o in outcomes)
+    # One resolution, unless a pass came after it had ended (then it asked again).
+    assert len(set(outcomes)) == 1 and 1 <= hub_calls(hub) < 4
+
+    # Nothing is kept after it: a later ModelDeployment with that spec asks again.
+    assert resolver.state_for(copy_of(md, "uid-late")) is not None
+    assert hub_calls(hub) == 2
+
+
+def test_an_unreachable_source_is_not_shared_between_model_deployments(
+    hub: HubStandin, repo: dict[str, bytes]
+) -> None:
+    resolver = ArtifactResolver(
+        Secrets({SECRET: {"HF_TOKEN": HUB_TOKEN}}), {"HF_ENDPOINT": hub.url}, clock=Clock()
+    )
+    hub.down = True
+    first = resolver.state_for(copy_of(model_deployment(), "uid-a"))
+    assert first is not None and first.reason == "SourceUnreachable"
+    hub.restore()
+    # The next ModelDeployment asks the source itself, and finds it back.
+    second = resolver.state_for(copy_of(model_deployment(), "uid-b"))
+    assert second is not None and second.reason == "Resolved"
 
 
 def test_a_restarted_operator_plans_from_status_artifact_without_asking_the_source(
