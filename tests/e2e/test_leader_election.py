@@ -148,20 +148,29 @@ def assert_no_duplicates_or_orphans(
         )
         return [(rs.metadata.name, rs.spec.replicas or 0) for rs in found.items]
 
-    def rolled_out(name: str) -> bool:
-        deployment = api.apps.read_namespaced_deployment(name, namespace)
-        status = deployment.status
-        return (status.observed_generation or 0) >= deployment.metadata.generation and (
-            status.updated_replicas or 0
-        ) == (deployment.spec.replicas or 0)
+    def not_rolled_out() -> list[str]:
+        lagging = []
+        for deployment in api.apps.list_namespaced_deployment(namespace).items:
+            if deployment.metadata.name not in names:
+                continue
+            status, wanted = deployment.status, deployment.spec.replicas or 0
+            observed, updated = status.observed_generation or 0, status.updated_replicas or 0
+            if observed < deployment.metadata.generation or updated != wanted:
+                lagging.append(
+                    f"{deployment.metadata.name} (generation {deployment.metadata.generation},"
+                    f" observed {observed}, updated {updated}/{wanted})"
+                )
+        return lagging
 
     # The Deployment controller creates the ReplicaSets (after an outage, once its watches
-    # resume): wait until it has acted on each Deployment's last template. Scaling a
-    # replaced ReplicaSet down (maxUnavailable 0) waits for the new pods to become
-    # available: scheduling, the test provisioner's volumes, kwok's Ready. Under a full
-    # test run's load that took over 180 s after the outage in two runs; the counts below
-    # are what this test asserts of the operator.
-    wait_until(lambda: all(rolled_out(n) for n in names), 120, "each Deployment's last template")
+    # resume and its work queue's per-object exponential backoff, grown while every call
+    # failed, lets it retry): wait until it has acted on each Deployment's last template.
+    # Under a full test run's load on 2 cores that took over 120 s after the outage in
+    # some runs; the counts below are what this test asserts of the operator.
+    try:
+        wait_until(lambda: not not_rolled_out(), 300, "each Deployment's last template")
+    except TimeoutError as error:
+        raise AssertionError(f"{error}; not yet rolled out: {not_rolled_out()}") from None
     for name in names:
         selector = f"{OWNER_LABEL}={name}"
         children = sorted(
