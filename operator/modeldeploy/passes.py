@@ -4,7 +4,8 @@ rounds that trigger them: the drift check and the native autoscaler.
 ``reconcile_key`` is what every trigger of ``handlers`` ends in: it releases finalizers an
 earlier operator left, builds the ``ClusterView`` from the Kopf indexes, runs the pure
 ``reconcile`` in a thread with the one ``apply.Writer``, and classifies API errors. At most
-``PASS_THREADS`` passes run at once, those for a spec not yet acted on first. The
+``PASS_THREADS`` passes run at once, those for a spec not yet acted on first (its workload,
+then the rest of it), the follow-ups of children's changes last (``PassSlots``). The
 drift check and the autoscaler are each one task of the operator (not Kopf timers, which
 would put a finalizer on every object), paused while Kopf peering pauses this operator.
 With leader election (``election``) only the holder of the Lease runs passes and rounds; a
@@ -15,13 +16,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime
 import heapq
 import itertools
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,7 +48,7 @@ from modeldeploy.metrics import (
     set_phase_counts,
 )
 from modeldeploy.observed import Key, finalizers_to_keep, labels_of, peering_paused, policies_of
-from modeldeploy.reconcile import ClusterView, reconcile
+from modeldeploy.reconcile import ClusterView, PassResult, reconcile
 from modeldeploy.resolver import ArtifactResolver
 from modeldeploy.settings import OperatorSettings
 from modeldeploy.status import forbidden_status
@@ -57,26 +59,31 @@ log = logging.getLogger("modeldeploy.operator")
 FOLLOW_UP_DELAY_S = 0.5
 
 
+# The order in which waiting passes take a slot (``PassSlots``), each rank in arrival order.
+NEW_WORKLOAD = 0  # a spec this process has not acted on: its workload (reconcile.WORKLOAD_KINDS)
+NEW_REST = 1  # the rest of such a pass: Service, ML-BOM, status, Events
+FOLLOW_UP = 2  # a pass on the children's changes (status)
+
+
 class PassSlots:
     """How many passes run at once (one per pass thread), and which waiting one goes next:
-    a pass for a spec this process has not acted on yet (a create or an update, whose
-    children are what the user waits for) before those that follow up on the children's
-    changes (status), each kind in arrival order. In a burst of creates the follow-ups
-    wait, and each absorbs every trigger of its object meanwhile."""
+    by rank (``NEW_WORKLOAD``, ``NEW_REST``, ``FOLLOW_UP``), each rank in arrival order. In a
+    burst of creates every new spec's Deployment is written before the rest of any pass,
+    and the follow-ups wait, each absorbing every trigger of its object meanwhile."""
 
     def __init__(self, size: int) -> None:
         self.free = size
-        self._waiting: list[tuple[bool, int, asyncio.Future[None]]] = []
+        self._waiting: list[tuple[int, int, asyncio.Future[None]]] = []
         self._arrivals = itertools.count()
 
     @contextlib.asynccontextmanager
-    async def slot(self, *, first: bool) -> AsyncIterator[None]:
-        """Hold one slot for the block; ``first``: the pass acts on a new spec."""
+    async def slot(self, rank: int) -> AsyncIterator[None]:
+        """Hold one slot for the block; ``rank``: which waiting passes it goes before."""
         if self.free > 0:
             self.free -= 1
         else:
             turn = asyncio.get_running_loop().create_future()
-            heapq.heappush(self._waiting, (not first, next(self._arrivals), turn))
+            heapq.heappush(self._waiting, (rank, next(self._arrivals), turn))
             try:
                 await turn
             except asyncio.CancelledError:
@@ -174,7 +181,8 @@ async def reconcile_key(
     was acted on already, for the one under way to end, or for a pass thread), later
     triggers add nothing, since it reads the newest state once it starts; a trigger during
     a pass under way makes one more pass after it. Passes for a spec this process has not
-    acted on go first and at once (``PassSlots``); ``at_once``: the autoscaler moved the
+    acted on go first and at once, in two parts: the workload, then, after the other new
+    specs' workloads, the rest (``PassSlots``); ``at_once``: the autoscaler moved the
     count (a model at zero is woken), which waits for no follow-up delay either.
     """
     if key in state.pending:
@@ -193,10 +201,13 @@ async def reconcile_key(
                 return  # a standby: the holder of the Lease runs the passes
             found = list(indexes["model_deployments"].get(key, []))
             first = bool(found) and _unobserved(found[0], state)
-            async with state.slots.slot(first=first):
+            async with state.slots.slot(NEW_WORKLOAD if first else FOLLOW_UP):
                 state.pending.discard(key)
                 waiting = False
-                await _run_pass(key, state, indexes)
+                done = await _run_pass(key, state, indexes, workload_first=first)
+            if done is not None and done.deferred:
+                async with state.slots.slot(NEW_REST):
+                    await _run_pass(key, state, indexes, known=done.written)
     finally:
         if waiting:
             state.pending.discard(key)
@@ -209,15 +220,24 @@ def _unobserved(md: Mapping[str, Any], state: State) -> bool:
     return bool(status.get("observedGeneration") != md["metadata"].get("generation"))
 
 
-async def _run_pass(key: Key, state: State, indexes: Mapping[str, kopf.Index[Any, Any]]) -> None:
-    """One pass on the newest state of the indexes (its slot taken)."""
+async def _run_pass(
+    key: Key,
+    state: State,
+    indexes: Mapping[str, kopf.Index[Any, Any]],
+    *,
+    workload_first: bool = False,
+    known: Sequence[Mapping[str, Any]] = (),
+) -> PassResult | None:
+    """One pass on the newest state of the indexes (its slot taken); ``known``: children
+    this process wrote (as rendered) that the watch may not have delivered yet. None: no
+    pass ran."""
     if not acting(state):
-        return  # the Lease was lost while the pass waited
+        return None  # the Lease was lost while the pass waited
     found = list(indexes["model_deployments"].get(key, []))
     if not found:
         with state.reservations.planning() as book:
             book.forget(key)
-        return
+        return None
     md = found[0]
     uid, version = md["metadata"].get("uid", ""), md["metadata"].get("resourceVersion")
     keep = finalizers_to_keep(md)
@@ -231,23 +251,31 @@ async def _run_pass(key: Key, state: State, indexes: Mapping[str, kopf.Index[Any
             state.released.pop(uid, None)
             await _api_error(error, md, state)
     if md["metadata"].get("deletionTimestamp"):
-        return
+        return None
     view = _view(key, indexes)
+    if known:
+        seen = {(c["kind"], c["metadata"]["name"]) for c in view.children}
+        missing = [c for c in known if (c["kind"], c["metadata"]["name"]) not in seen]
+        view = dataclasses.replace(view, children=[*view.children, *missing])
     if uid in state.statuses:
         md = {**md, "status": state.statuses[uid]}
     started = time.monotonic()
     try:
-        result = await asyncio.to_thread(_pass, md, view, state)
+        result: PassResult = await asyncio.to_thread(_pass, md, view, state, workload_first)
     except client.ApiException as error:
         RECONCILES.labels(result="error").inc()
         LAST_ERROR.set_to_current_time()
         await _api_error(error, md, state)
+        return None
     except Exception:
         RECONCILES.labels(result="error").inc()
         LAST_ERROR.set_to_current_time()
         raise
     else:
-        RECONCILES.labels(result=result.result).inc()
+        RECONCILES.labels(result="workload" if result.deferred else result.result).inc()
+        if result.deferred:
+            log.info("reconciled %s/%s: workload first: applied=%s", *key, result.applied)
+            return result
         state.statuses[uid] = result.status
         state.phases[key] = result.phase
         set_phase_counts(state.phases.values())
@@ -256,6 +284,7 @@ async def _run_pass(key: Key, state: State, indexes: Mapping[str, kopf.Index[Any
                 "reconciled %s/%s: phase=%s applied=%s pruned=%s writes=%d",
                 *key, result.phase, result.applied, result.pruned, result.writes,
             )  # fmt: skip
+        return result
     finally:
         RECONCILE_SECONDS.observe(time.monotonic() - started)
 
@@ -265,7 +294,9 @@ def acting(state: State) -> bool:
     return state.leader is None or state.leader.leading
 
 
-def _pass(md: Mapping[str, Any], view: ClusterView, state: State) -> Any:
+def _pass(
+    md: Mapping[str, Any], view: ClusterView, state: State, workload_first: bool
+) -> PassResult:
     """Resolve the artifact (cached per spec.model), then reconcile. Runs in a thread."""
     assert state.writer is not None and state.resolver is not None
     spec = md.get("spec") or {}
@@ -290,6 +321,7 @@ def _pass(md: Mapping[str, Any], view: ClusterView, state: State) -> Any:
         artifact=artifact,
         scaling=scaling,
         reservations=state.reservations,
+        workload_first=workload_first,
     )
 
 

@@ -54,6 +54,10 @@ log = logging.getLogger(__name__)
 # status field: the hash of the NetworkPolicy last applied (it is not watched, so it is
 # applied when this changes and deleted when it is no longer rendered).
 NETWORK_POLICY_HASH = "networkPolicyHash"
+# What a new spec's pods need before they start (the cache claim they mount, the traffic
+# they may accept), written first in a burst of creates: the pods' scheduling, volume and
+# model fetch start while the operator writes the rest (``reconcile``'s ``workload_first``).
+WORKLOAD_KINDS = frozenset({"PersistentVolumeClaim", "Deployment", "NetworkPolicy"})
 SIZE_HINT = "spec.model.parameters"  # the field a refusal names when only the artifact can size
 
 
@@ -97,12 +101,17 @@ class ClusterView:
 class PassResult:
     """What one pass did."""
 
-    result: str  # ready | progressing | degraded | invalid | unschedulable | refused
+    result: str  # ready | progressing | degraded | invalid | unschedulable | refused | blocked
     phase: str
     writes: int = 0
     applied: list[str] = field(default_factory=list)
     pruned: list[str] = field(default_factory=list)
     status: dict[str, Any] = field(default_factory=dict)  # as computed (and stored)
+    # Only the workload was written (``reconcile``'s ``workload_first``): the rest is the
+    # caller's next pass, which should see ``written``: what was applied, as rendered
+    # (smaller than the API server's answer, and all that the next pass compares).
+    deferred: bool = False
+    written: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _key(obj: Mapping[str, Any]) -> tuple[str, str]:
@@ -143,6 +152,7 @@ def reconcile(
     artifact: ArtifactState | None = None,
     scaling: ScalingRecord | None = None,
     reservations: ReservationBook | None = None,
+    workload_first: bool = False,
 ) -> PassResult:
     """Bring one ModelDeployment's children and status in line with its spec.
 
@@ -153,6 +163,9 @@ def reconcile(
     decision the count starts from status, the Deployment or the spec (``scaling``).
     ``reservations`` is the operator's book of plans (``capacity.ReservationBook``): planning
     reads and records it under its lock, so two passes never plan the same free capacity.
+    ``workload_first``: when the workload (``WORKLOAD_KINDS``) needs a write, write only it
+    and return ``deferred``; the Service, ML-BOM, autoscaler, pruning, status and Events
+    are the next pass's (``passes.reconcile_key`` runs it after other new specs' workloads).
     """
     meta = md["metadata"]
     name, namespace, uid = meta["name"], meta["namespace"], meta.get("uid", "")
@@ -220,6 +233,7 @@ def reconcile(
     live = {_key(obj): obj for obj in view.children}
     not_served: KindNotServed | None = None
     stored: dict[tuple[str, str], Mapping[str, Any]] = dict(live)
+    to_apply: list[tuple[tuple[str, str], dict[str, Any]]] = []
     for rendered in desired:
         key = _key(rendered)
         obj = rendered
@@ -232,12 +246,22 @@ def reconcile(
         if key[0] == "NetworkPolicy" and previous.get(NETWORK_POLICY_HASH) == spec_hash(obj):
             continue  # not watched: applied when it changes (render/network_policy.py)
         if needs_apply(obj, live.get(key)):
-            try:
-                stored[key] = writer.apply(obj)
-            except KindNotServed as error:
-                not_served = error
-                continue
-            result.applied.append("/".join(key))
+            to_apply.append((key, obj))
+    if workload_first and any(key[0] in WORKLOAD_KINDS for key, _ in to_apply):
+        to_apply = [(key, obj) for key, obj in to_apply if key[0] in WORKLOAD_KINDS]
+        result.deferred = True
+    for key, obj in to_apply:
+        try:
+            stored[key] = writer.apply(obj)
+        except KindNotServed as error:
+            not_served = error
+            continue
+        result.applied.append("/".join(key))
+        if workload_first:
+            result.written.append(obj)
+    if result.deferred:
+        result.writes = len(result.applied)
+        return result
     wanted = {_key(obj) for obj in desired}
     for key, child in live.items():
         # A refusal prunes nothing: a workload that runs keeps running while the spec

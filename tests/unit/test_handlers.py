@@ -27,6 +27,7 @@ from recording import RecordingWriter
 from modeldeploy import handlers, passes
 from modeldeploy.observed import LEGACY_FINALIZERS
 from modeldeploy.passes import State, reconcile_key, resync_forever
+from modeldeploy.reconcile import PassResult
 from modeldeploy.settings import OperatorSettings
 from modeldeploy.status import forbidden_status
 
@@ -266,22 +267,23 @@ def test_passes_for_a_new_spec_go_before_follow_ups_that_waited_longer() -> None
     slots = passes.PassSlots(1)
     order: list[str] = []
 
-    async def one(name: str, first: bool) -> None:
-        async with slots.slot(first=first):
+    async def one(name: str, rank: int) -> None:
+        async with slots.slot(rank):
             order.append(name)
 
     async def scenario() -> None:
-        async with slots.slot(first=False):  # the one slot is taken
+        async with slots.slot(passes.FOLLOW_UP):  # the one slot is taken
             waiting = [
-                asyncio.create_task(one("status of a", first=False)),
-                asyncio.create_task(one("status of b", first=False)),
-                asyncio.create_task(one("create of c", first=True)),
+                asyncio.create_task(one("status of a", passes.FOLLOW_UP)),
+                asyncio.create_task(one("rest of b", passes.NEW_REST)),
+                asyncio.create_task(one("status of b", passes.FOLLOW_UP)),
+                asyncio.create_task(one("workload of c", passes.NEW_WORKLOAD)),
             ]
-            await until(lambda: len(slots._waiting) == 3)
+            await until(lambda: len(slots._waiting) == 4)
         await asyncio.gather(*waiting)
 
     asyncio.run(scenario())
-    assert order == ["create of c", "status of a", "status of b"]
+    assert order == ["workload of c", "rest of b", "status of a", "status of b"]
     assert slots.free == 1
 
 
@@ -290,11 +292,11 @@ def test_a_pass_cancelled_while_it_waits_leaves_no_slot_taken() -> None:
     ran: list[str] = []
 
     async def one(name: str) -> None:
-        async with slots.slot(first=True):
+        async with slots.slot(passes.NEW_WORKLOAD):
             ran.append(name)
 
     async def scenario() -> None:
-        async with slots.slot(first=True), slots.slot(first=True):
+        async with slots.slot(passes.NEW_WORKLOAD), slots.slot(passes.NEW_WORKLOAD):
             cancelled = asyncio.create_task(one("cancelled"))
             later = asyncio.create_task(one("later"))
             await until(lambda: len(slots._waiting) == 2)
@@ -314,7 +316,7 @@ def test_triggers_coalesce_into_the_waiting_pass_and_one_during_a_pass_adds_one(
     release = threading.Event()
     runs: list[str] = []
 
-    def blocking_pass(md: dict[str, Any], view: Any, st: State) -> Any:
+    def blocking_pass(md: dict[str, Any], view: Any, st: State, workload_first: bool) -> Any:
         runs.append(md["metadata"]["name"])
         if len(runs) == 1:
             release.wait(timeout=10)  # the first pass is under way until released
@@ -348,7 +350,7 @@ def test_a_new_spec_overtakes_follow_up_passes_that_wait_for_a_thread(
 ) -> None:
     runs: list[str] = []
 
-    def recording_pass(md: dict[str, Any], view: Any, st: State) -> Any:
+    def recording_pass(md: dict[str, Any], view: Any, st: State, workload_first: bool) -> Any:
         runs.append(md["metadata"]["name"])
         raise client.ApiException(status=422, reason="stand-in: no result needed")
 
@@ -363,7 +365,7 @@ def test_a_new_spec_overtakes_follow_up_passes_that_wait_for_a_thread(
             await reconcile_key((NS, name), st, live)
 
     async def scenario() -> None:
-        async with st.slots.slot(first=False):  # every pass thread is busy
+        async with st.slots.slot(passes.FOLLOW_UP):  # every pass thread is busy
             settled = asyncio.create_task(trigger("settled"))
             await until(lambda: len(st.slots._waiting) == 1)
             created = asyncio.create_task(trigger("created"))
@@ -372,3 +374,25 @@ def test_a_new_spec_overtakes_follow_up_passes_that_wait_for_a_thread(
 
     asyncio.run(scenario())
     assert runs == ["created", "settled"]
+
+
+def test_a_new_spec_is_two_passes_its_workload_then_the_rest_seeing_what_was_written(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls: list[tuple[bool, list[str]]] = []
+    deployment = {"kind": "Deployment", "metadata": {"name": "chat"}}
+
+    def two_part_pass(md: dict[str, Any], view: Any, st: State, workload_first: bool) -> Any:
+        children = [f"{c['kind']}/{c['metadata']['name']}" for c in view.children]
+        calls.append((workload_first, children))
+        if workload_first:
+            return PassResult("progressing", "Deploying", deferred=True, written=[deployment])
+        return PassResult("progressing", "Deploying", status={"observedGeneration": 1})
+
+    monkeypatch.setattr(passes, "_pass", two_part_pass)
+    st = state(RecordingWriter())
+    asyncio.run(reconcile_key((NS, "chat"), st, indexes(md("chat"))))
+    # The rest ran after the workload, with the Deployment the watch had not delivered.
+    assert calls == [(True, []), (False, ["Deployment/chat"])]
+    assert st.statuses["uid-chat"] == {"observedGeneration": 1}
+    assert st.slots.free == passes.PASS_THREADS

@@ -310,6 +310,45 @@ def test_a_first_pass_applies_children_in_order_then_a_settled_pass_writes_nothi
     assert idle.calls == []
 
 
+def test_a_workload_first_pass_writes_only_the_workload_and_the_next_pass_the_rest() -> None:
+    peers = ({"podSelector": {"matchLabels": {"app.kubernetes.io/component": "gateway"}}},)
+    config = OperatorConfig(model_ingress_from=peers)
+    md = example_md()
+    workload = RecordingWriter()
+    first = reconcile(
+        md, ClusterView(load_e2e_pool()), workload, config, now=NOW, workload_first=True
+    )  # type: ignore[arg-type]
+    assert first.deferred and first.writes == 3
+    assert workload.calls == [
+        ("apply", "PersistentVolumeClaim/gemma-270m-cpu-model-cache"),
+        ("apply", "Deployment/gemma-270m-cpu"),
+        ("apply", "NetworkPolicy/gemma-270m-cpu"),
+    ]  # no status, no Event: the next pass writes them
+    assert [obj["kind"] for obj in first.written] == [
+        "PersistentVolumeClaim", "Deployment", "NetworkPolicy",
+    ]  # fmt: skip
+
+    # The rest, seeing what was written (the watch may not have delivered it yet).
+    rest = RecordingWriter()
+    view = ClusterView(load_e2e_pool(), first.written)
+    second = reconcile(md, view, rest, config, now=NOW, workload_first=True)  # type: ignore[arg-type]
+    assert not second.deferred
+    assert [c for c in rest.calls if c[0] == "apply"] == [
+        ("apply", "Service/gemma-270m-cpu"),
+        ("apply", "ConfigMap/gemma-270m-cpu-ml-bom"),
+    ]
+    status = next(what for kind, what in rest.calls if kind == "status")
+    assert status["phase"] == "Deploying" and status["networkPolicyHash"]
+
+    # A refused spec has no workload to write first: its status is written at once.
+    md["spec"]["model"]["quantization"] = "Q9_NOPE"
+    refused = RecordingWriter()
+    result = reconcile(
+        md, ClusterView(load_e2e_pool()), refused, config, now=NOW, workload_first=True
+    )  # type: ignore[arg-type]
+    assert not result.deferred and [kind for kind, _ in refused.calls] == ["status", "event"]
+
+
 def test_a_crash_loop_names_the_last_exit_and_its_termination_message() -> None:
     container = {
         "name": "fetch",
