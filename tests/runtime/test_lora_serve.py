@@ -9,6 +9,7 @@ Requests go to 127.0.0.1, bounded in tokens and time; waits poll with deadlines.
 from __future__ import annotations
 
 import hashlib
+import json
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -89,6 +90,20 @@ def test_the_adapter_answers_differently_and_the_base_stays_the_base(
     assert tuned != base
     # The base is unchanged after the adapter ran (no scale leaks between requests).
     assert complete(served.url, SERVED_NAME) == plain
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_responses_name_the_model_asked_for(served: LocalServe, stream: bool) -> None:
+    # llama-server names its alias (the base) in every response; the router renames.
+    body = {"model": ADAPTER, "prompt": PROMPT, "max_tokens": 3, "stream": stream}
+    with httpx.stream("POST", f"{served.url}/completions", json=body, timeout=TIMEOUT) as answer:
+        assert answer.status_code == 200
+        if not stream:
+            assert json.loads(answer.read())["model"] == ADAPTER
+            return
+        events = [line for line in answer.iter_lines() if line.startswith("data: {")]
+    assert events
+    assert {json.loads(event.removeprefix("data: "))["model"] for event in events} == {ADAPTER}
 
 
 def test_an_unknown_model_name_is_refused_openai_style(served: LocalServe) -> None:

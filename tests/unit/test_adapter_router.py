@@ -26,11 +26,13 @@ from modeldeploy.serve.adapter_router import (
     AdapterNotApplicableError,
     AdapterRoute,
     AdapterRouter,
+    EventStreamRenamer,
     InvalidBodyError,
     RouteTable,
     UnknownModelError,
     models_listing,
     parse_body,
+    rename_model,
     route_body,
 )
 
@@ -147,6 +149,55 @@ def test_models_listing_is_the_openai_list_with_parents() -> None:
     }
 
 
+@pytest.mark.parametrize(
+    ("payload", "renamed"),
+    [
+        (b'{"model":"gemma-3-270m","choices":[]}', {"model": "sql", "choices": []}),
+        ('{"model": "g", "text": "caf\u00e9 \u2603"}'.encode(), {"model": "sql", "text": "café ☃"}),
+    ],
+)
+def test_rename_model_sets_the_model_of_a_json_object(payload: bytes, renamed: Any) -> None:
+    assert json.loads(rename_model(payload, "sql")) == renamed
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [b'{"choices": []}', b"[DONE]", b'["model"]', b"not json", b"\xff\xfe", b'{"model": 1'],
+)
+def test_rename_model_leaves_anything_else_as_it_is(payload: bytes) -> None:
+    assert rename_model(payload, "sql") == payload
+
+
+def test_event_stream_renamer_renames_data_lines_split_anywhere() -> None:
+    stream = (
+        b'data: {"model":"base","choices":[{"text":"hel"}]}\n\n'
+        b'data:{"model":"base","choices":[{"text":"lo"}]}\r\n\r\n'
+        b": a comment\nevent: message\ndata: [DONE]\n\n"
+    )
+    expected = stream.replace(b'"base"', b'"sql"')
+    for cut in range(len(stream) + 1):
+        renamer = EventStreamRenamer("sql")
+        out = renamer.feed(stream[:cut]) + renamer.feed(stream[cut:]) + renamer.flush()
+        assert out == expected, cut
+
+
+def test_event_stream_renamer_passes_complete_lines_at_once() -> None:
+    renamer = EventStreamRenamer("sql")
+    assert renamer.feed(b'data: {"model":"b"}\n\ndata: {"mo') == b'data: {"model":"sql"}\n\n'
+    assert renamer.feed(b'del":"b"}') == b""
+    assert renamer.flush() == b'data: {"model":"sql"}'
+
+
+def test_event_stream_renamer_does_not_hold_an_unbounded_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("modeldeploy.serve.adapter_router.MAX_RENAMED_BYTES", 20)
+    renamer = EventStreamRenamer("sql")
+    assert renamer.feed(b'data: {"model":"b"') == b""
+    assert renamer.feed(b',"x":"0123456789"') == b'data: {"model":"b","x":"0123456789"'
+    assert renamer.feed(b"}\n") == b"}\n"  # the rest of that line, as it came
+
+
 # ---- the proxy over 127.0.0.1 ----------------------------------------------------------
 
 
@@ -191,7 +242,8 @@ class StandInLlamaServer(ThreadedApp):
             for index, text in enumerate([" hel", "lo"]):
                 if index:
                     await asyncio.wait_for(self._release.wait(), DEADLINE)
-                chunk = {"object": "text_completion", "choices": [{"index": 0, "text": text}]}
+                chunk = {"object": "text_completion", "model": "gemma-3-270m"}
+                chunk["choices"] = [{"index": 0, "text": text}]
                 await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
             await response.write(b"data: [DONE]\n\n")
         except asyncio.CancelledError:
@@ -292,7 +344,10 @@ def test_inference_bodies_are_rewritten_per_model(
     assert received.headers["Authorization"] == "Bearer k"
     assert received.headers["Content-Length"] == str(len(received.body))
     if path == "/v1/completions":
-        assert json.loads(answer)["choices"][0]["text"] == " hello"
+        answered = json.loads(answer)
+        assert answered["choices"][0]["text"] == " hello"
+        # The response names the model asked for, not llama-server's alias for the base.
+        assert answered["model"] == (model or "gemma-3-270m")
 
 
 @pytest.mark.parametrize(
@@ -341,6 +396,10 @@ def test_a_stream_arrives_chunk_by_chunk(
     assert json.loads(events[1].removeprefix(b"data: "))["choices"][0]["text"] == "lo"
     assert events[2:] == [b"data: [DONE]"]
     assert standin.received[0].json()["lora"] == [{"id": 1, "scale": 0.5}]
+    assert [json.loads(event.removeprefix(b"data: "))["model"] for event in events[:2]] == [
+        "poet",
+        "poet",
+    ]
 
 
 def test_a_client_that_disconnects_cancels_the_upstream_request(
@@ -408,6 +467,14 @@ def test_an_oversized_body_is_a_413(standin: StandInLlamaServer) -> None:
     finally:
         router.stop()
     assert [r.json()["model"] for r in standin.received] == ["sql"]
+
+
+def test_a_response_past_the_rename_bound_passes_as_it_came(
+    router: AdapterRouter, standin: StandInLlamaServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("modeldeploy.serve.adapter_router.MAX_RENAMED_BYTES", 8)
+    status, _, answer = call(router, "POST", "/v1/completions", {"model": "sql"})
+    assert (status, json.loads(answer)["model"]) == (200, "gemma-3-270m")
 
 
 def test_start_raises_when_the_port_is_taken(standin: StandInLlamaServer) -> None:

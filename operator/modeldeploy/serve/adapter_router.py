@@ -8,7 +8,9 @@ global scales. This module owns the mapping from OpenAI model names to that fiel
 part (``RouteTable``, ``parse_body``, ``route_body``, ``models_listing``) and
 ``AdapterRouter``, an aiohttp proxy in front of llama-server that answers ``/v1/models``
 itself, rewrites inference bodies and passes everything else through, streaming responses
-as they arrive. It never logs bodies or headers.
+as they arrive. llama-server names its own alias as every response's ``model``; for an
+adapter request the router puts the adapter's name there (``rename_model``,
+``EventStreamRenamer``), as OpenAI and vLLM answer. It never logs bodies or headers.
 """
 
 from __future__ import annotations
@@ -34,6 +36,9 @@ from yarl import URL
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 16 * 1024 * 1024
+# A response body or one event line longer than this passes through with its ``model``
+# as llama-server wrote it: the router holds no more than this of a response to rename it.
+MAX_RENAMED_BYTES = 4 * 1024 * 1024
 MODELS_PATHS = frozenset({"/models", "/v1/models"})
 # llama-server builds these tasks from the body's parameters (eval_llama_cmpl_schema), so
 # the per-request ``lora`` applies; /responses keeps the field when converting to chat.
@@ -152,6 +157,59 @@ def route_body(
     return {**body, "lora": [{"id": adapter.index, "scale": adapter.scale}]}
 
 
+def adapter_named(table: RouteTable, body: Mapping[str, Any]) -> str | None:
+    """The adapter a routed ``body`` names as its model, or None for the base."""
+    model = body.get("model")
+    return model if isinstance(model, str) and model != table.base_name else None
+
+
+def rename_model(payload: bytes, name: str) -> bytes:
+    """A JSON object's bytes with its ``model`` set to ``name``; anything else unchanged."""
+    try:
+        document = json.loads(payload)
+    except ValueError:  # JSONDecodeError and UnicodeDecodeError
+        return payload
+    if not isinstance(document, dict) or "model" not in document:
+        return payload
+    document["model"] = name
+    return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+@dataclass
+class EventStreamRenamer:
+    """Sets ``model`` to ``name`` in each ``data:`` line of a server-sent event stream.
+
+    Fed the stream's chunks in order, it returns every complete line at once (renamed) and
+    holds back only a line not yet ended, so events still reach the client as they arrive.
+    """
+
+    name: str
+    _pending: bytes = b""
+
+    def feed(self, chunk: bytes) -> bytes:
+        """The complete lines of what arrived so far, renamed."""
+        *lines, self._pending = (self._pending + chunk).split(b"\n")
+        out = b"".join(self._rename_line(line) + b"\n" for line in lines)
+        if len(self._pending) > MAX_RENAMED_BYTES:
+            out, self._pending = out + self._pending, b""
+        return out
+
+    def flush(self) -> bytes:
+        """What is held back at the end of the stream (a last line with no newline)."""
+        out, self._pending = self._pending, b""
+        return self._rename_line(out) if out else out
+
+    def _rename_line(self, line: bytes) -> bytes:
+        # An SSE field line is "data:" then one optional space (WHATWG HTML, 9.2.6).
+        if not line.startswith(b"data:"):
+            return line
+        ending = b"\r" if line.endswith(b"\r") else b""
+        value = line[5 : len(line) - len(ending)]
+        space = b" " if value.startswith(b" ") else b""
+        renamed = rename_model(value[len(space) :], self.name)
+        return b"data:" + space + renamed + ending
+
+
 def models_listing(table: RouteTable, created: int) -> dict[str, Any]:
     """The OpenAI model list: the base, then each adapter with ``parent`` the base."""
     cards = [(table.base_name, None)] + [(a.name, table.base_name) for a in table.adapters]
@@ -263,6 +321,7 @@ class AdapterRouter:
         except web.HTTPRequestEntityTooLarge:
             message = f"The request body exceeds {self._max_body_bytes} bytes."
             return openai_error(413, message, "request_too_large")
+        adapter = None
         if request.method == "POST" and request.path in ROUTED_PATHS:
             applies = request.path in LORA_PATHS
             try:
@@ -270,6 +329,7 @@ class AdapterRouter:
             except RoutingError as error:
                 return openai_error(error.status, str(error), error.code)
             body = json.dumps(routed).encode()
+            adapter = adapter_named(self.table, routed)
         host, port = self._upstream
         path, query = request.rel_url.raw_path, request.rel_url.raw_query_string
         # Only the path and query come from the client: the host is always the upstream.
@@ -293,7 +353,35 @@ class AdapterRouter:
             await response.prepare(request)
             # An upstream error from here on propagates: aiohttp then drops the connection,
             # so the client sees a truncated response rather than a complete one.
-            async for chunk in upstream.content.iter_any():
-                await response.write(chunk)
+            # A compressed body passes as it is: the router does not decompress (above).
+            rename = None if "Content-Encoding" in upstream.headers else adapter
+            if rename is not None and upstream.content_type == "text/event-stream":
+                renamer = EventStreamRenamer(rename)
+                async for chunk in upstream.content.iter_any():
+                    if lines := renamer.feed(chunk):  # an empty chunk would end the stream
+                        await response.write(lines)
+                if rest := renamer.flush():
+                    await response.write(rest)
+            elif rename is not None and upstream.content_type == "application/json":
+                await self._relay_renamed(upstream, response, rename)
+            else:
+                async for chunk in upstream.content.iter_any():
+                    await response.write(chunk)
             await response.write_eof()
         return response
+
+    @staticmethod
+    async def _relay_renamed(
+        upstream: aiohttp.ClientResponse, response: web.StreamResponse, adapter: str
+    ) -> None:
+        """Relay a whole JSON body with its ``model`` renamed; past the bound, as it is."""
+        held = bytearray()
+        chunks = upstream.content.iter_any()
+        async for chunk in chunks:
+            held += chunk
+            if len(held) > MAX_RENAMED_BYTES:
+                await response.write(bytes(held))
+                async for rest in chunks:
+                    await response.write(rest)
+                return
+        await response.write(rename_model(bytes(held), adapter))
