@@ -130,7 +130,7 @@ class LocalCluster:
             write_kubeconfig(self.kubeconfig, self.server, self.pki)
             progress(f"kube-apiserver ready at {self.server}")
             self._start_controller_manager()
-            progress("kube-controller-manager healthy")
+            progress("kube-controller-manager running its controllers")
             self._start_scheduler()
             progress("kube-scheduler healthy")
             self._start_kwok()
@@ -305,7 +305,16 @@ class LocalCluster:
                 "--node-monitor-grace-period=120s",
             ],
         )
-        self._wait_https_healthz(kcm, self.ports.controller_manager)
+        # /healthz is 200 before any controller runs; kube-controller-manager adds one check
+        # per controller once it has started them all (controllermanager.go, after
+        # StartControllers). Until then it builds each controller's client by creating a
+        # ServiceAccount, and a failure there is fatal (client_builder_dynamic.go): an API
+        # server stopped in that window would kill it. So the cluster is up once they run.
+        url = f"https://127.0.0.1:{self.ports.controller_manager}/healthz?verbose"
+        self._wait_healthy(
+            kcm,
+            lambda: "[+]deployment-controller ok" in httpx.get(url, verify=False, timeout=2).text,
+        )
 
     def _start_scheduler(self) -> None:
         scheduler = self._spawn(

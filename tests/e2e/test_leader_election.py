@@ -163,12 +163,11 @@ def assert_no_duplicates_or_orphans(
         return lagging
 
     # The Deployment controller creates the ReplicaSets (after an outage, once its watches
-    # resume and its work queue's per-object exponential backoff, grown while every call
-    # failed, lets it retry): wait until it has acted on each Deployment's last template.
-    # Under a full test run's load on 2 cores that took over 120 s after the outage in
-    # some runs; the counts below are what this test asserts of the operator.
+    # resume and its work queue's per-object backoff lets it retry): wait until it has
+    # acted on each Deployment's last template; the counts below are what this test
+    # asserts of the operator.
     try:
-        wait_until(lambda: not not_rolled_out(), 300, "each Deployment's last template")
+        wait_until(lambda: not not_rolled_out(), 120, "each Deployment's last template")
     except TimeoutError as error:
         raise AssertionError(f"{error}; not yet rolled out: {not_rolled_out()}") from None
     for name in names:
