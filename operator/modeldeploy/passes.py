@@ -206,8 +206,11 @@ async def reconcile_key(
                 waiting = False
                 done = await _run_pass(key, state, indexes, workload_first=first)
             if done is not None and done.deferred:
+                # Held as JSON while the second part waits (in a burst, every new spec's
+                # waits at once): a fraction of the memory of the rendered dicts.
+                written, done = json.dumps(done.written, separators=(",", ":")), None
                 async with state.slots.slot(NEW_REST):
-                    await _run_pass(key, state, indexes, known=done.written)
+                    await _run_pass(key, state, indexes, known=json.loads(written))
     finally:
         if waiting:
             state.pending.discard(key)
