@@ -117,6 +117,10 @@ class RouteTable:
         if not all(math.isfinite(adapter.scale) for adapter in self.adapters):
             raise ValueError("adapter scales must be finite")
 
+    def adapter(self, model: object) -> AdapterRoute | None:
+        """The adapter served under the name ``model``, if one is."""
+        return next((a for a in self.adapters if a.name == model), None)
+
     def served(self) -> tuple[str, ...]:
         """Every model name served: the base, then the adapters."""
         return (self.base_name, *(adapter.name for adapter in self.adapters))
@@ -145,7 +149,7 @@ def route_body(
     model = body.get("model")
     if model is None or model == table.base_name:
         return {**body, "lora": [{"id": a.index, "scale": 0.0} for a in table.adapters]}
-    adapter = next((a for a in table.adapters if a.name == model), None)
+    adapter = table.adapter(model)
     if adapter is None:
         served = ", ".join(f"`{name}`" for name in table.served())
         raise UnknownModelError(f"The model `{model}` does not exist. Served: {served}.")
@@ -155,12 +159,6 @@ def route_body(
             f" use `{table.base_name}`."
         )
     return {**body, "lora": [{"id": adapter.index, "scale": adapter.scale}]}
-
-
-def adapter_named(table: RouteTable, body: Mapping[str, Any]) -> str | None:
-    """The adapter a routed ``body`` names as its model, or None for the base."""
-    model = body.get("model")
-    return model if isinstance(model, str) and model != table.base_name else None
 
 
 def rename_model(payload: bytes, name: str) -> bytes:
@@ -321,7 +319,7 @@ class AdapterRouter:
         except web.HTTPRequestEntityTooLarge:
             message = f"The request body exceeds {self._max_body_bytes} bytes."
             return openai_error(413, message, "request_too_large")
-        adapter = None
+        adapter: AdapterRoute | None = None
         if request.method == "POST" and request.path in ROUTED_PATHS:
             applies = request.path in LORA_PATHS
             try:
@@ -329,7 +327,7 @@ class AdapterRouter:
             except RoutingError as error:
                 return openai_error(error.status, str(error), error.code)
             body = json.dumps(routed).encode()
-            adapter = adapter_named(self.table, routed)
+            adapter = self.table.adapter(routed.get("model"))
         host, port = self._upstream
         path, query = request.rel_url.raw_path, request.rel_url.raw_query_string
         # Only the path and query come from the client: the host is always the upstream.
@@ -354,14 +352,14 @@ class AdapterRouter:
             # An upstream error from here on propagates: aiohttp then drops the connection,
             # so the client sees a truncated response rather than a complete one.
             # A compressed body passes as it is: the router does not decompress (above).
-            rename = None if "Content-Encoding" in upstream.headers else adapter
+            rename = (
+                None if adapter is None or "Content-Encoding" in upstream.headers else adapter.name
+            )
             if rename is not None and upstream.content_type == "text/event-stream":
                 renamer = EventStreamRenamer(rename)
                 async for chunk in upstream.content.iter_any():
-                    if lines := renamer.feed(chunk):  # an empty chunk would end the stream
-                        await response.write(lines)
-                if rest := renamer.flush():
-                    await response.write(rest)
+                    await response.write(renamer.feed(chunk))  # aiohttp skips empty writes
+                await response.write(renamer.flush())
             elif rename is not None and upstream.content_type == "application/json":
                 await self._relay_renamed(upstream, response, rename)
             else:
